@@ -1,0 +1,196 @@
+"""LODO: Learning to Optimize quasi-newton methods (Liao et al., TMLR 2023) as a ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from lodo.optim.preconditioners import (
+    DiagonalPreconditioner,
+    GlobalPreconditioner,
+    KroneckerPreconditioner,
+    ResidualPreconditioner,
+)
+
+PRECONDITIONERS = ("kronecker", "diagonal", "global", "residual")
+META_OPTIMIZERS = ("adam", "sgd")
+
+
+class LODO(Optimizer):
+    r"""LODO: momentum SGD through a preconditioner G(θ) that is meta-learned online by a one-step hypergradient.
+
+    All parameters are treated as one flat vector x ∈ ℝⁿ, as in the paper (SPEC §1). Call ``step()`` after
+    ``loss.backward()``; the gradient g_{t+1} it sees is the one at the point the previous step moved to::
+
+        input: α₀ (lr), meta_lr, β (beta), preconditioner P(θ), meta-optimizer (Adam, ε = 1e-7, or SGD)
+        G(θ) = α₀ P(θ),  P = Eᵀ G̃ᵀ G̃ E,  G̃ = B(θ⁽¹⁾) P₁ ⋯ B(θ⁽ᴺ⁾) P_N,  P(θ₀) = I
+        m₀ = 0
+        for t = 0, 1, …  (g_{t+1} = ∇f_{t+1}(x_{t+1}) computed by the caller on a fresh minibatch)
+            θ_{t+1} ← MetaStep(θ_t, −[∂(G(θ_t) m_t)/∂θ_t]ᵀ g_{t+1})   # hypergradient of f_{t+1}(x_{t+1}) w.r.t. θ_t
+            m_{t+1} ← β m_t + (1 − β) g_{t+1}                            # EMA momentum, before G, no bias correction
+            x_{t+2} ← x_{t+1} − G(θ_{t+1}) m_{t+1}                        # the graph of this step is kept for the next
+
+    The first call has no previous step: its hypergradient is zero, and like the authors' code the meta-Adam still
+    counts it (its update is exactly zero). Gradients reach θ through one step only: no unrolling, no
+    Hessian-vector products.
+
+    Args:
+        params: the parameters to optimize (one parameter group; they are flattened together).
+        lr: α₀, the fixed global step scale (never learned).
+        meta_lr: learning rate of the meta-optimizer over θ.
+        beta: momentum decay β ∈ [0, 1); 0 gives LODO-No-Momentum.
+        depth: number of block-diagonal layers N (``None``: 16, or 64 for the residual ablation); 0 is momentum SGD.
+        block_size: k, the size of each dense block (the Kronecker preconditioner only).
+        preconditioner: ``"kronecker"`` (the paper's LODO), ``"diagonal"``, ``"global"`` or ``"residual"``.
+        meta_optimizer: ``"adam"`` (Keras defaults β₁ = 0.9, β₂ = 0.999, ε = 1e-7) or ``"sgd"`` (LODO-SGD).
+        seed: seeds the permutations and the initial blocks; ``None`` draws one from torch's global generator.
+        state_dtype: dtype of θ, its meta-optimizer moments and the momentum (``None``: that of the parameters);
+            e.g. ``torch.float32`` for a float64 model halves LODO's memory.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1.0,
+        meta_lr: float = 1e-3,
+        beta: float = 0.9,
+        depth: int | None = None,
+        block_size: int = 4,
+        preconditioner: str = "kronecker",
+        meta_optimizer: str = "adam",
+        seed: int | None = None,
+        state_dtype: torch.dtype | None = None,
+    ):
+        if not lr > 0:
+            raise ValueError(f"Invalid lr (α₀): {lr}; it must be positive")
+        if not meta_lr >= 0:
+            raise ValueError(f"Invalid meta_lr: {meta_lr}; it must be non-negative")
+        if not 0 <= beta < 1:
+            raise ValueError(f"Invalid beta: {beta}; it must lie in [0, 1)")
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"Invalid preconditioner: {preconditioner!r}; choose one of {PRECONDITIONERS}")
+        if meta_optimizer not in META_OPTIMIZERS:
+            raise ValueError(f"Invalid meta_optimizer: {meta_optimizer!r}; choose one of {META_OPTIMIZERS}")
+        if depth is None:
+            depth = 64 if preconditioner == "residual" else 16
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"Invalid depth: {depth}; it must be a non-negative integer")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"Invalid block_size: {block_size}; it must be a positive integer")
+        defaults = dict(lr=lr, meta_lr=meta_lr, beta=beta)
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("LODO treats all parameters as one vector: pass a single parameter group")
+        params = self.param_groups[0]["params"]
+        if len({(p.dtype, p.device) for p in params}) != 1:
+            raise ValueError("LODO needs all parameters on one device with one dtype")
+        self.state_dtype = state_dtype or params[0].dtype
+        self.n = sum(p.numel() for p in params)
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator().manual_seed(seed)
+        if preconditioner == "kronecker":
+            module = KroneckerPreconditioner(self.n, depth, block_size, generator)
+        elif preconditioner == "residual":
+            module = ResidualPreconditioner(self.n, depth, generator)
+        elif preconditioner == "diagonal":
+            module = DiagonalPreconditioner(self.n, generator)
+        else:
+            module = GlobalPreconditioner(self.n, generator)
+        self.preconditioner: nn.Module = module.to(device=params[0].device, dtype=self.state_dtype)
+        meta_params = list(self.preconditioner.parameters())
+        if not meta_params:  # depth 0: G = α₀I, nothing to learn
+            self.meta_optimizer = None
+        elif meta_optimizer == "adam":
+            self.meta_optimizer = torch.optim.Adam(meta_params, lr=meta_lr, betas=(0.9, 0.999), eps=1e-7)
+        else:
+            self.meta_optimizer = torch.optim.SGD(meta_params, lr=meta_lr)
+        self._last_step: torch.Tensor | None = None  # G(θ_t) m_t with its graph, for the next hypergradient
+
+    @property
+    def num_meta_parameters(self) -> int:
+        """The number of learned preconditioner weights θ (≈128n for the default Kronecker preconditioner)."""
+        return sum(p.numel() for p in self.preconditioner.parameters())
+
+    def _precondition(self, v: torch.Tensor) -> torch.Tensor:
+        return self.param_groups[0]["lr"] * self.preconditioner(v)
+
+    @torch.no_grad()
+    def apply_preconditioner(self, v: torch.Tensor) -> torch.Tensor:
+        """G(θ)·v for v of shape (…, n), without forming G."""
+        return self._precondition(v.to(self.state_dtype)).to(v.dtype)
+
+    @torch.no_grad()
+    def preconditioner_matrix(self) -> torch.Tensor:
+        """The dense n×n matrix G(θ) (for small n: tests, the theory figure, the Hessian error)."""
+        eye = torch.eye(self.n, dtype=self.state_dtype, device=self.param_groups[0]["params"][0].device)
+        return self._precondition(eye)  # rows of G = columns of G: G is symmetric
+
+    def _flat_grad(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+        ).to(self.state_dtype)
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        params = group["params"]
+        grad = self._flat_grad(params)
+        state = self.state[params[0]]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["momentum"] = torch.zeros_like(grad)
+        momentum = state["momentum"]
+
+        if self.meta_optimizer is not None:
+            if state["step"] == 0:  # reference §2.1: a zero hypergradient, but the meta-Adam's count advances
+                for p in self.preconditioner.parameters():
+                    p.grad = torch.zeros_like(p)
+            else:
+                self.meta_optimizer.zero_grad(set_to_none=False)
+                if self._last_step is None:  # after load_state_dict: rebuild G(θ_t) m_t, bitwise as before
+                    with torch.enable_grad():
+                        self._last_step = self._precondition(momentum)
+                # f_{t+1}(x_{t+1}) with x_{t+1} = x_t − G(θ_t) m_t: ∂f/∂θ = −(∂(G m_t)/∂θ)ᵀ g_{t+1}.
+                self._last_step.backward(-grad)
+            for meta_group in self.meta_optimizer.param_groups:
+                meta_group["lr"] = group["meta_lr"]
+            self.meta_optimizer.step()
+        self._last_step = None
+
+        momentum.mul_(group["beta"]).add_(grad, alpha=1 - group["beta"])
+        with torch.set_grad_enabled(self.meta_optimizer is not None):
+            step = self._precondition(momentum)
+        with torch.no_grad():
+            chunks = step.detach().to(params[0].dtype).split([p.numel() for p in params])
+            torch._foreach_sub_(params, [c.view_as(p) for c, p in zip(chunks, params)])
+        if self.meta_optimizer is not None:
+            self._last_step = step
+        state["step"] += 1
+        return loss
+
+    def state_dict(self) -> dict:
+        state_dict = super().state_dict()
+        state_dict["preconditioner"] = self.preconditioner.state_dict()
+        if self.meta_optimizer is not None:
+            state_dict["meta_optimizer"] = self.meta_optimizer.state_dict()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.preconditioner.load_state_dict(state_dict.pop("preconditioner"))
+        meta_state = state_dict.pop("meta_optimizer", None)
+        if self.meta_optimizer is not None:
+            self.meta_optimizer.load_state_dict(meta_state)
+        super().load_state_dict(state_dict)
+        saved = state_dict["state"].get(0, {}).get("momentum")
+        if saved is not None:  # Optimizer.load_state_dict casts state to the parameters' dtype: undo that
+            first = self.param_groups[0]["params"][0]
+            self.state[first]["momentum"] = saved.to(device=first.device, dtype=self.state_dtype, copy=True)
+        self._last_step = None
