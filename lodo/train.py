@@ -77,7 +77,9 @@ def train(
         batch = task.sample_batch()
         try:
             task.current_batch = batch  # for optimizers that need more than the closure (exact Hessians)
-            loss = float(optimizer.step(closure).detach())  # forces the device sync that ends the iteration, as in the reference
+            loss = float(
+                optimizer.step(closure).detach()
+            )  # forces the device sync that ends the iteration, as in the reference
         except DIVERGENCE_ERRORS as error:
             loss, reason = math.nan, f"{type(error).__name__}: {error}"
         train_time += time.perf_counter() - start

@@ -74,16 +74,16 @@ def test_wandb_offline_history_equals_local_metrics(tmp_path):
     summary = execute(cfg, tmp_path)
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     inspect = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)]
-    records = [json.loads(line) for line in subprocess.run(inspect, capture_output=True, text=True).stdout.split("\n") if line]
+    records = [
+        json.loads(line) for line in subprocess.run(inspect, capture_output=True, text=True).stdout.split("\n") if line
+    ]
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     local = pd.read_csv(tmp_path / "metrics.csv")
     assert [h["loss"] for h in history] == local["loss"].tolist()
     assert [h["step"] for h in history] == local["step"].tolist()
     errors = [h["hessian_error"] for h in history if "hessian_error" in h]
     assert errors == local["hessian_error"].dropna().tolist() and len(errors) == 4
-    head = json.loads(
-        subprocess.run([*inspect[:-1], "--summary", str(run_dir)], capture_output=True, text=True).stdout
-    )
+    head = json.loads(subprocess.run([*inspect[:-1], "--summary", str(run_dir)], capture_output=True, text=True).stdout)
     assert head["config"]["optimizer"]["name"] == "lodo" and head["state"] == "finished"
     assert head["summary"]["final_loss_at_steps"] == pytest.approx(summary["final_loss_at_steps"])
     assert head["summary"]["status"] == "completed"
@@ -98,7 +98,11 @@ def test_a_wandb_failure_keeps_the_local_record(tmp_path):
 
 def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
     result = cli(
-        "task=noisy_quadratic", "optimizer=momentum", "optimizer.lr=1000", "steps=5000", "logger=none",
+        "task=noisy_quadratic",
+        "optimizer=momentum",
+        "optimizer.lr=1000",
+        "steps=5000",
+        "logger=none",
         f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr

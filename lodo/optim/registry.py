@@ -116,9 +116,5 @@ def _rmsprop(params, task, lr=1e-3, rho=0.9, momentum=0.0, eps=1e-7):
 
 
 register(OptimizerSpec("adam", _adam, ("lr", "beta_1", "beta_2"), description="Adam (torch.optim, ε = 1e-7)"))
-register(
-    OptimizerSpec("momentum", _momentum, ("lr", "momentum"), description="heavy-ball momentum SGD (torch.optim)")
-)
-register(
-    OptimizerSpec("rmsprop", _rmsprop, ("lr", "rho", "momentum"), description="RMSprop (torch.optim, ε = 1e-7)")
-)
+register(OptimizerSpec("momentum", _momentum, ("lr", "momentum"), description="heavy-ball momentum SGD (torch.optim)"))
+register(OptimizerSpec("rmsprop", _rmsprop, ("lr", "rho", "momentum"), description="RMSprop (torch.optim, ε = 1e-7)"))

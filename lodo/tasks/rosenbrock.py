@@ -11,7 +11,7 @@ class Rosenbrock(Task):
     """f(x, y) = 0.01·(1 − x)² + (y − x²)², the standard Rosenbrock divided by 100; deterministic.
 
     Starts at (−0.5, 2) where f = 3.085 (SPEC §3 prints 3.085625, which this formula does not give); the minimum is
-    f(1, 1) = 0. The position after each step is tracked as the metrics ``x`` and ``y`` so that trajectories can be drawn over the heat map.
+    f(1, 1) = 0. The position after each step is tracked as the metrics ``x`` and ``y`` for the trajectory figure.
     """
 
     name = "rosenbrock"
