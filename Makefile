@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SCALE ?= default
+LAUNCHER ?= local
+TASK ?= rosenbrock
+OPTIMIZER ?= adam
+TUNE_ARGS ?= --seeds 0 1 2
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format reproduce clean
+.PHONY: help install test test-all lint format reproduce figures tune sync clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,6 +19,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# curvlinops checks K-FAC in the tests; its dependency chain (backpack -> torchvision) would replace the
+	# pinned torch with a multi-GB CUDA build, so it comes without dependencies (ENVIRONMENT.md).
+	$(PY) -m pip install --quiet --no-deps curvlinops-for-pytorch==3.0.1 einops==0.8.2 linear_operator==0.6.1 \
+		einconv==0.1.0 unfoldNd==0.2.3
 	touch $@
 
 install: $(STAMP)  ## create .venv and install the suite with pip (torch==2.13.0, CPU wheel)
@@ -33,9 +41,20 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-reproduce: $(STAMP)  ## run the Rosenbrock comparison (8 seeds) at the paper's budget
-	$(PY) -m lodo.run --multirun experiment=rosenbrock task=rosenbrock steps=200 seed=0,1,2,3,4,5,6,7 \
-		optimizer=momentum,rmsprop,adam,lodo progress=false
+reproduce: $(STAMP)  ## run every experiment at SCALE (smoke|default|paper; default ~30 min on 2 cores), then the figures
+	$(PY) scripts/reproduce.py --scale $(SCALE) --launcher $(LAUNCHER)
+
+figures: $(STAMP)  ## rebuild results/$(SCALE)/ (figures, tables, REPORT.md) from the run records in runs/$(SCALE)/
+	$(PY) -m experiments.report --scale $(SCALE)
+
+tune: $(STAMP)  ## tune one pair with the paper's ES: make tune TASK=rosenbrock OPTIMIZER=adam [TUNE_ARGS="--seeds 0 1 2"]
+	$(PY) -m lodo.tune task=$(TASK) optimizer=$(OPTIMIZER) $(TUNE_ARGS)
+
+sync:  ## upload the offline W&B runs under runs/ (needs network and WANDB_API_KEY)
+	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} \;
+
+bench: $(STAMP)  ## time LODO's step against Adam's in one process (results/bench/); ARGS=--quick for a smoke test
+	$(PY) -m lodo.bench $(ARGS)
 
 clean:  ## remove run folders (runs/, multirun/); results/ is kept
 	rm -rf runs multirun outputs

@@ -29,6 +29,18 @@ TASK_RESERVED = ("name", "metric_interval")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+# Arithmetic for experiment configs (the MNIST ablation sweeps of SPEC §2 derive β, depth and block size from r).
+for _name, _function in {
+    "add": lambda a, b: a + b,
+    "multiply": lambda a, b: a * b,
+    "floor_divide": lambda a, b: a // b,
+    "equal": lambda a, b: a == b,
+    "sweep_beta": lambda beta, r: 1 - (1 - beta) ** (r / 7),  # β_r = 1 − (1 − β*)^{r/7}, r = 0..7
+}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _function)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -77,6 +89,9 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict:
     task = build_task(cfg)
     hparams = {k: v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items() if k != "name"}
     optimizer = build_optimizer(cfg.optimizer.name, task.parameters(), task, **hparams)
+    if cfg.get("preconditioner_checkpoint"):  # the frozen-preconditioner test (reference §7.5): θ of an earlier run
+        checkpoint = torch.load(cfg.preconditioner_checkpoint, map_location=cfg.device, weights_only=True)
+        optimizer.preconditioner.load_state_dict(checkpoint["preconditioner"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -112,8 +127,11 @@ def execute(cfg: DictConfig, run_dir: str | Path) -> dict:
         num_parameters=task.num_parameters,
         environment=environment(),
     )
+    if cfg.get("save_optimizer_state"):
+        torch.save(optimizer.state_dict(), run_dir / "optimizer.pt")
     record.write_summary(summary)
-    artifacts = task.save_artifacts(run_dir) if summary["status"] == "completed" else {}
+    completed = summary["status"] == "completed"
+    artifacts = task.save_artifacts(run_dir) if completed and cfg.get("save_artifacts", True) else {}
     logger.log_images(artifacts)
     logger.finish(summary)
     log.info(

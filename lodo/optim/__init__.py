@@ -3,7 +3,11 @@
 Importing this package registers every optimizer (see :mod:`lodo.optim.registry`).
 """
 
-from lodo.optim import registry  # noqa: F401  (registers LODO, its ablations and the torch.optim baselines)
+from lodo.optim import (
+    baselines,  # noqa: F401
+    modern,  # noqa: F401
+    registry,  # noqa: F401  (registers LODO, its ablations and the torch.optim baselines)
+)
 from lodo.optim.lodo import LODO
 
 __all__ = ["LODO"]

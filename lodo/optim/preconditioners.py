@@ -20,25 +20,6 @@ def hidden_width(n: int, block_size: int) -> int:
     return 2 * n + block_size - (2 * n) % block_size
 
 
-class _Gather(torch.autograd.Function):
-    """z[..., perm] whose backward is a gather with the inverse permutation (no scatter, no zero fill)."""
-
-    @staticmethod
-    def forward(ctx, z, perm, inverse):
-        ctx.save_for_backward(inverse)
-        return z[..., perm]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inverse,) = ctx.saved_tensors
-        return grad[..., inverse], None, None
-
-
-def permute(z: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """z[..., perm], differentiable through a gather with ``inverse`` = argsort(perm)."""
-    return _Gather.apply(z, perm, inverse)
-
-
 def _random_permutations(count: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     perms = torch.stack([torch.randperm(size, generator=generator) for _ in range(count)]) if count else None
     if perms is None:
@@ -49,6 +30,74 @@ def _random_permutations(count: int, size: int, generator: torch.Generator) -> t
 
 def _pad(v: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(v, (0, width - v.shape[-1]))
+
+
+def _blocks_times(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Row vectors times blocks, as in the reference (§2.1): out[…, c, o] = Σ_i z[…, c, i] θ[c, i, o]."""
+    k = w.shape[-1]
+    if z.dim() == 1:  # what ``@`` runs for one vector, without its reshapes (they dominate at small n)
+        return torch.bmm(z.view(-1, 1, k), w).view(-1)
+    return (z.reshape(*z.shape[:-1], -1, 1, k) @ w).reshape(z.shape)
+
+
+def _kronecker_forward(v, perms, inverses, blocks, width, activations=None):
+    z = _pad(v, width)
+    for perm, w in zip(perms, blocks):
+        z = z.index_select(-1, perm)
+        if activations is not None:
+            activations.append(z)
+        z = _blocks_times(z, w)
+    for inverse, w in zip(reversed(inverses), reversed(blocks)):
+        if activations is not None:
+            activations.append(z)
+        z = _blocks_times(z, w.mT).index_select(-1, inverse)
+    return z[..., : v.shape[-1]]
+
+
+def _outer(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Σ over leading dims of a[…, c, i]·b[…, c, o]: the gradient bmm forms for a (…, 1, k) × (k, k) product."""
+    k = shape[-1]
+    if a.dim() == 1:
+        return a.view(-1, k, 1) * b.view(-1, 1, k)
+    return (a.reshape(*a.shape[:-1], -1, k, 1) * b.reshape(*b.shape[:-1], -1, 1, k)).sum_to_size(shape)
+
+
+class _KroneckerProduct(torch.autograd.Function):
+    """The Kronecker P(θ)·v for the whole stack as one autograd node, with a hand-written backward.
+
+    It makes the same tensor operations autograd makes for the layer-by-layer graph (a block product by ``@`` with
+    the same operands and layouts, the weight gradient as the product z_i·g_o that ``bmm`` forms with a contraction
+    of length 1, the two uses of each θ⁽ℓ⁾ summed), so values are bitwise those of plain autograd, but it records
+    one node instead of 3 per layer and gathers with ``index_select`` in both directions.
+    """
+
+    @staticmethod
+    def forward(ctx, v, perms, inverses, width, *blocks):
+        activations = []
+        out = _kronecker_forward(v, perms, inverses, blocks, width, activations)
+        ctx.perms, ctx.inverses, ctx.width, ctx.activations = perms, inverses, width, activations
+        ctx.save_for_backward(*blocks)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        blocks, perms, inverses, activations = ctx.saved_tensors, ctx.perms, ctx.inverses, ctx.activations
+        depth = len(blocks)
+        g = _pad(grad, ctx.width)
+        transposed_grads = []
+        for layer in range(depth):  # the transposed half, undone from the output side
+            g = g.index_select(-1, perms[layer])
+            z = activations[2 * depth - 1 - layer]
+            transposed_grads.append(_outer(g, z, blocks[layer].shape))
+            g = _blocks_times(g, blocks[layer])
+        weight_grads = [None] * depth
+        for layer in reversed(range(depth)):
+            z = activations[layer]
+            weight_grads[layer] = _outer(z, g, blocks[layer].shape).add_(transposed_grads[layer])
+            g = _blocks_times(g, blocks[layer].mT).index_select(-1, inverses[layer])
+        ctx.activations = None
+        input_grad = g[..., : grad.shape[-1]] if ctx.needs_input_grad[0] else None
+        return input_grad, None, None, None, *weight_grads
 
 
 class KroneckerPreconditioner(nn.Module):
@@ -71,22 +120,15 @@ class KroneckerPreconditioner(nn.Module):
         self.blocks = nn.ParameterList()
         for _ in range(depth):
             gaussian = torch.randn(blocks, block_size, block_size, generator=generator, dtype=torch.float64)
-            self.blocks.append(nn.Parameter(torch.linalg.svd(gaussian).Vh))
+            # contiguous: Vh comes column-major, and a gradient must match its parameter's layout or be copied.
+            self.blocks.append(nn.Parameter(torch.linalg.svd(gaussian).Vh.contiguous()))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        k = self.block_size
-        z = _pad(v, self.width)
-        lead = z.shape[:-1]
-        for perm, inverse, w in zip(self.perms, self.inverse_perms, self.blocks):
-            z = permute(z, perm, inverse)
-            # Row vector times block, as in the reference (§2.1): out[c, o] = Σ_i z[c, i] θ[c, i, o].
-            z = (z.reshape(*lead, -1, 1, k) @ w).reshape(*lead, -1)
-        for perm, inverse, w in zip(
-            reversed(self.perms), reversed(self.inverse_perms), reversed(self.blocks)
-        ):
-            z = (z.reshape(*lead, -1, 1, k) @ w.transpose(-1, -2)).reshape(*lead, -1)
-            z = permute(z, inverse, perm)
-        return z[..., : self.n]
+        # unbind: a tuple of rows (``reversed`` on the tensor itself would flip, i.e. copy, all permutations).
+        perms, inverses, blocks = self.perms.unbind(), self.inverse_perms.unbind(), tuple(self.blocks)
+        if v.requires_grad or (torch.is_grad_enabled() and any(w.requires_grad for w in blocks)):
+            return _KroneckerProduct.apply(v, perms, inverses, self.width, *blocks)
+        return _kronecker_forward(v, perms, inverses, blocks, self.width)
 
 
 class DiagonalPreconditioner(nn.Module):
@@ -127,18 +169,65 @@ class ResidualPreconditioner(nn.Module):
         self.register_buffer("inverse_perms", inverses)
         std = depth**-0.5 if depth else 0.0
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(self.width, generator=generator, dtype=torch.float64) * std)
-            for _ in range(depth)
+            nn.Parameter(torch.randn(self.width, generator=generator, dtype=torch.float64) * std) for _ in range(depth)
         )
         self.diagonal = nn.Parameter(torch.ones(self.width, dtype=torch.float64))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        z = _pad(v, self.width)
-        for perm, inverse, w in zip(self.perms, self.inverse_perms, self.weights):
-            z = z + w * permute(z, perm, inverse)
-        z = self.diagonal * z
-        for perm, inverse, w in zip(
-            reversed(self.perms), reversed(self.inverse_perms), reversed(self.weights)
-        ):
-            z = z + permute(w * z, inverse, perm)
-        return z[..., : self.n]
+        perms, inverses, weights = self.perms.unbind(), self.inverse_perms.unbind(), tuple(self.weights)
+        thetas = (self.diagonal, *weights)
+        if v.requires_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in thetas)):
+            return _ResidualProduct.apply(v, perms, inverses, self.width, *thetas)
+        return _residual_forward(v, perms, inverses, weights, self.diagonal, self.width)
+
+
+def _residual_forward(v, perms, inverses, weights, diagonal, width, activations=None):
+    keep = activations.append if activations is not None else lambda z: None
+    z = _pad(v, width)
+    for perm, w in zip(perms, weights):
+        permuted = z.index_select(-1, perm)
+        keep(permuted)
+        z = z + w * permuted
+    keep(z)
+    z = diagonal * z
+    for inverse, w in zip(reversed(inverses), reversed(weights)):
+        keep(z)
+        z = z + (w * z).index_select(-1, inverse)
+    return z[..., : v.shape[-1]]
+
+
+def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == like.dim() else t.sum_to_size(like.shape)
+
+
+class _ResidualProduct(torch.autograd.Function):
+    """LODO-Residuals' P(θ)·v as one autograd node; the backward makes autograd's products and sums, bitwise."""
+
+    @staticmethod
+    def forward(ctx, v, perms, inverses, width, diagonal, *weights):
+        activations = []
+        out = _residual_forward(v, perms, inverses, weights, diagonal, width, activations)
+        ctx.perms, ctx.inverses, ctx.width, ctx.activations = perms, inverses, width, activations
+        ctx.save_for_backward(diagonal, *weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (diagonal, *weights), activations, depth = ctx.saved_tensors, ctx.activations, len(ctx.perms)
+        g = _pad(grad, ctx.width)
+        transposed_grads = []
+        for layer in range(depth):  # z ← z + (w ⊙ z)[π⁻¹], undone from the output side
+            w, z = weights[layer], activations[2 * depth - layer]
+            g_product = g.index_select(-1, ctx.perms[layer])
+            transposed_grads.append(_sum_to(g_product * z, w))
+            g = g + g_product * w
+        diagonal_grad = _sum_to(g * activations[depth], diagonal)
+        g = g * diagonal
+        weight_grads = [None] * depth
+        for layer in reversed(range(depth)):  # z ← z + w ⊙ z[π]
+            w = weights[layer]
+            weight_grads[layer] = _sum_to(g * activations[layer], w).add_(transposed_grads[layer])
+            g = g + (g * w).index_select(-1, ctx.inverses[layer])
+        ctx.activations = None
+        input_grad = g[..., : grad.shape[-1]] if ctx.needs_input_grad[0] else None
+        return input_grad, None, None, None, diagonal_grad, *weight_grads

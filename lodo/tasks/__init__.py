@@ -1,10 +1,11 @@
 """Tasks: plain classes with a small interface (:class:`lodo.tasks.base.Task`); no Hydra inside."""
 
 from lodo.tasks.base import Task
+from lodo.tasks.mnist import MnistAutoregression
 from lodo.tasks.quadratic import NoisyQuadratic
 from lodo.tasks.rosenbrock import Rosenbrock
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (NoisyQuadratic, Rosenbrock)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (NoisyQuadratic, Rosenbrock, MnistAutoregression)}
 
 
 def task_class(name: str) -> type[Task]:
@@ -14,4 +15,4 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "NoisyQuadratic", "Rosenbrock", "Task", "task_class"]
+__all__ = ["TASKS", "MnistAutoregression", "NoisyQuadratic", "Rosenbrock", "Task", "task_class"]

@@ -1,0 +1,189 @@
+"""Every experiment config composes at every scale and runs at the smoke scale; budgets match the paper at paper
+scale; the sweep arithmetic (SPEC §2) is right; a finished run is skipped on a rerun."""
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import lodo.run  # noqa: F401 - registers the config resolvers
+from lodo.optim.registry import OPTIMIZERS
+from lodo.records import is_complete, read_summary
+from lodo.run import execute
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+# MNIST at smoke scale still builds the 95k CNN per run; the full optimizer list runs in the slow test below.
+MNIST_SMOKE_OPTIMIZERS = {"adam", "lodo"}
+SWEEP_SMOKE_VALUES = {"7"}
+
+
+def config(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def sweep_jobs(experiment: str, scale: str = "smoke") -> list[dict]:
+    """The sweep's jobs as override dicts (the cartesian product of hydra.sweeper.params)."""
+    params = config(f"+experiment={experiment}", f"scale={scale}", hydra=True).hydra.sweeper.params
+    keys = list(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def smoke_cases():
+    cases = []
+    for experiment in EXPERIMENTS:
+        for job in sweep_jobs(experiment):
+            name = job.get("optimizer", "lodo")
+            marks = []
+            missing = name not in OPTIMIZERS or not (CONFIGS / "optimizer" / f"{name}.yaml").exists()
+            if missing:
+                marks.append(pytest.mark.skip(reason=f"optimizer {name!r} is not registered/configured yet"))
+            slow = (experiment == "mnist" and name not in MNIST_SMOKE_OPTIMIZERS) or (
+                "sweep_r" in job and job["sweep_r"] not in SWEEP_SMOKE_VALUES
+            )
+            if slow:
+                marks.append(pytest.mark.slow)
+            label = experiment + "-" + "-".join(f"{k}={v}" for k, v in job.items())
+            cases.append(pytest.param(experiment, job, marks=marks, id=label))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def smoke_run(experiment: str, job: dict, runs_dir: Path) -> dict:
+    overrides = [f"+experiment={experiment}", "scale=smoke", "logger=none", f"runs_dir={runs_dir}"]
+    overrides += [f"{k}={v}" for k, v in job.items()]
+    if experiment.startswith("mnist"):  # generating samples takes 784 CNN passes; tests/test_mnist.py covers it
+        overrides.append("save_artifacts=false")
+    cfg = config(*overrides)
+    run_dir = runs_dir / "smoke" / experiment / ",".join(f"{k}={v}" for k, v in sorted(job.items()))
+    return execute(cfg, run_dir), run_dir
+
+
+@pytest.mark.parametrize("experiment,job", smoke_cases())
+def test_every_experiment_runs_at_smoke_scale(experiment, job, runs_dir):
+    if experiment == "quadratic_frozen":  # needs the noisy_quadratic LODO run's final state
+        smoke_run("noisy_quadratic", {"optimizer": "lodo", "seed": job["seed"]}, runs_dir)
+    summary, run_dir = smoke_run(experiment, job, runs_dir)
+    assert summary["status"] in ("completed", "diverged")
+    assert is_complete(run_dir) and (run_dir / "metrics.csv").exists()
+    assert summary["experiment"] == experiment
+    if experiment == "noisy_quadratic":
+        assert (run_dir / "optimizer.pt").exists()
+    if experiment.startswith("mnist"):
+        assert "test_loss" in summary or summary["status"] == "diverged"
+
+
+def test_the_frozen_test_restarts_with_the_learned_preconditioner_and_keeps_it(runs_dir, tmp_path):
+    import torch
+
+    smoke_run("noisy_quadratic", {"optimizer": "lodo", "seed": "0"}, runs_dir)
+    checkpoint = runs_dir / "smoke" / "noisy_quadratic" / "optimizer=lodo,seed=0" / "optimizer.pt"
+    cfg = config(
+        "+experiment=quadratic_frozen",
+        "scale=smoke",
+        "logger=none",
+        f"runs_dir={runs_dir}",
+        "seed=0",
+        "save_optimizer_state=true",
+    )
+    assert cfg.preconditioner_checkpoint == str(checkpoint)
+    assert cfg.optimizer.meta_lr == 0 and cfg.seed == 0  # same seed: the same Hessian (SPEC §7.7)
+    execute(cfg, tmp_path)
+    learned = torch.load(checkpoint, weights_only=True)["preconditioner"]
+    after = torch.load(tmp_path / "optimizer.pt", weights_only=True)["preconditioner"]
+    assert learned.keys() == after.keys()
+    assert all(torch.equal(learned[k], after[k]) for k in learned)  # θ never moved
+
+
+def test_paper_scale_budgets_are_the_papers():
+    rosenbrock = config("+experiment=rosenbrock", "scale=paper", hydra=True)
+    assert (rosenbrock.steps, rosenbrock.time_limit) == (200, 3)
+    assert rosenbrock.hydra.sweeper.params.seed == "0,1,2,3,4,5,6,7"
+    assert rosenbrock.hydra.sweeper.params.optimizer == "momentum,rmsprop,adam,yogi,lodo"
+    quadratic = config("+experiment=noisy_quadratic", "scale=paper")
+    assert (quadratic.steps, quadratic.time_limit, quadratic.task.n) == (100_000, 300, 100)
+    mnist = config("+experiment=mnist", "scale=paper")
+    assert (mnist.steps, mnist.time_limit, mnist.task.batch_size, mnist.task.test_images) == (
+        300_000,
+        50_000,
+        256,
+        10_000,
+    )
+    frozen = config("+experiment=quadratic_frozen", "scale=paper", hydra=True)
+    assert frozen.steps == 100_000 and frozen.hydra.sweeper.params.seed == "0,1,2"
+
+
+@pytest.mark.parametrize("scale", ["smoke", "default", "paper"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_at_every_scale(experiment, scale):
+    cfg = config(f"+experiment={experiment}", f"scale={scale}", hydra=True)
+    assert cfg.experiment == experiment and cfg.scale == scale
+    assert cfg.hydra.sweep.dir == f"runs/{scale}/{experiment}"
+    assert isinstance(cfg.steps, int) and cfg.steps > 0
+
+
+def test_sweep_values_follow_spec_section_2():
+    beta_star = config("+experiment=mnist_beta").lodo_tuned.beta
+    betas = [config("+experiment=mnist_beta", f"sweep_r={r}").optimizer.beta for r in range(8)]
+    assert betas[0] == 0 and betas[7] == pytest.approx(beta_star)
+    assert betas[1] == pytest.approx(1 - (1 - beta_star) ** (1 / 7))
+    depths = [config("+experiment=mnist_depth", f"sweep_r={r}").optimizer.depth for r in range(8)]
+    assert depths == [4 * r for r in range(8)]
+    blocks = [config("+experiment=mnist_block_size", f"sweep_r={r}").optimizer for r in range(8)]
+    assert [(b.block_size, b.depth) for b in blocks] == [(k, 64 // k) for k in range(2, 10)]
+
+
+def test_experiments_read_the_tuned_hyperparameters():
+    cfg = config("+experiment=mnist", "optimizer=lodo")
+    assert (cfg.optimizer.lr, cfg.optimizer.meta_lr, cfg.optimizer.beta) == (0.08459, 7.946e-6, 0.9343)
+    assert config("+experiment=mnist", "optimizer=lodo", "~tuned@optimizer").optimizer.lr == 1.0  # generation 0
+
+
+def test_a_finished_run_is_skipped(tmp_path):
+    cfg = config("+experiment=rosenbrock", "scale=smoke", "logger=none", "optimizer=adam", "seed=0")
+    first = execute(cfg, tmp_path)
+    stamp = (tmp_path / "summary.json").stat().st_mtime_ns
+    assert execute(cfg, tmp_path) == first == read_summary(tmp_path)
+    assert (tmp_path / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_launcher_presets_compose():
+    local = config("+experiment=rosenbrock", "hydra/launcher=local", hydra=True).hydra.launcher
+    assert local.n_jobs == 2 and "JoblibLauncher" in local._target_
+    slurm = config("+experiment=rosenbrock", "hydra/launcher=slurm", hydra=True).hydra.launcher
+    assert "SlurmLauncher" in slurm._target_
+
+
+@pytest.mark.skipif(os.environ.get("LODO_SLOW_CLI") != "1", reason="set LODO_SLOW_CLI=1: spawns a Hydra multirun")
+def test_rosenbrock_multirun_cli_into_deterministic_folders(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lodo.run",
+            "--multirun",
+            "+experiment=rosenbrock",
+            "scale=smoke",
+            "logger=none",
+            f"runs_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.parent.name for p in (tmp_path / "smoke" / "rosenbrock").glob("*/summary.json"))
+    assert names == sorted(f"optimizer={o},seed=0" for o in ("momentum", "rmsprop", "adam", "yogi", "lodo"))

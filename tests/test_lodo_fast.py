@@ -1,0 +1,188 @@
+"""The optimized LODO step against a straightforward reference, bit for bit (issue 6), and the benchmark's smoke test.
+
+The reference below is LODO written plainly: autograd through every layer, ``z[perm]`` gathers, one ``bmm`` per
+layer, ``torch.optim.Adam(foreach=False)``. The optimized step (one autograd node with a hand-written backward,
+``index_select`` gathers, foreach meta-Adam, gradients handed over without copies) must give the same bits; so
+must the residual ablation's one-node backward against autograd through its layers.
+"""
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lodo import LODO
+from lodo.bench import COLUMNS, main, state_bytes
+from lodo.optim.preconditioners import KroneckerPreconditioner, ResidualPreconditioner
+from lodo.tasks import NoisyQuadratic
+
+
+class ReferenceLODO:
+    """LODO (SPEC §1) in the plainest PyTorch, starting from the θ and permutations of ``like``."""
+
+    def __init__(self, params, like: LODO, lr: float, meta_lr: float, beta: float):
+        self.params, self.lr, self.beta = list(params), lr, beta
+        pre = like.preconditioner
+        self.n, self.width, self.k = pre.n, pre.width, pre.block_size
+        self.perms = [perm.clone() for perm in pre.perms]
+        self.blocks = [w.detach().clone().requires_grad_() for w in pre.blocks]
+        self.meta = torch.optim.Adam(self.blocks, lr=meta_lr, betas=(0.9, 0.999), eps=1e-7, foreach=False)
+        self.momentum, self.last_step, self.t = None, None, 0
+
+    def precondition(self, v):
+        z = F.pad(v, (0, self.width - self.n))
+        for perm, w in zip(self.perms, self.blocks):
+            z = torch.bmm(z[perm].reshape(-1, 1, self.k), w).reshape(-1)
+        for perm, w in zip(reversed(self.perms), reversed(self.blocks)):
+            z = torch.bmm(z.reshape(-1, 1, self.k), w.transpose(1, 2)).reshape(-1)[torch.argsort(perm)]
+        return self.lr * z[: self.n]
+
+    def step(self):
+        grad = torch.cat([p.grad.reshape(-1) for p in self.params])
+        for w in self.blocks:
+            w.grad = torch.zeros_like(w)
+        if self.t > 0:
+            self.last_step.backward(-grad)  # the hypergradient: −(∂(G m_t)/∂θ)ᵀ g_{t+1}
+        self.meta.step()
+        if self.momentum is None:
+            self.momentum = torch.zeros_like(grad)
+        self.momentum.mul_(self.beta).add_(grad, alpha=1 - self.beta)
+        self.last_step = self.precondition(self.momentum)
+        with torch.no_grad():
+            for p, chunk in zip(self.params, self.last_step.detach().split([p.numel() for p in self.params])):
+                p.sub_(chunk.view_as(p))
+        self.t += 1
+
+
+def assert_same_state(optimizer: LODO, reference: ReferenceLODO, params, reference_params):
+    for a, b in zip(params, reference_params):
+        assert torch.equal(a, b)
+    for a, b in zip(optimizer.preconditioner.blocks, reference.blocks):
+        assert torch.equal(a, b)
+        assert torch.equal(optimizer.meta_optimizer.state[a]["exp_avg_sq"], reference.meta.state[b]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize(
+    "depth,block_size,dtype",
+    [(16, 4, torch.float64), (3, 3, torch.float64), (5, 1, torch.float64), (16, 4, torch.float32)],
+)
+def test_matches_the_reference_bitwise_on_a_noisy_quadratic(depth, block_size, dtype):
+    task, twin = (NoisyQuadratic(n=30, min_eigenvalue=0.01, seed=3, dtype=dtype) for _ in range(2))
+    hparams = dict(lr=0.3, meta_lr=1e-2, beta=0.5)
+    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, **hparams)
+    reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
+    initial = optimizer.preconditioner.blocks[0].detach().clone()
+    for _ in range(20):
+        batch = task.sample_batch()
+        for t, opt in ((task, optimizer), (twin, reference)):
+            t.x.grad = None
+            t.loss(batch).backward()
+            opt.step()
+    assert_same_state(optimizer, reference, task.parameters(), twin.parameters())
+    assert not torch.equal(optimizer.preconditioner.blocks[0], initial)  # θ has been learning
+
+
+def test_matches_the_reference_bitwise_on_a_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    twin = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    twin.load_state_dict(model.state_dict())
+    hparams = dict(lr=0.05, meta_lr=1e-3, beta=0.9)
+    optimizer = LODO(model.parameters(), seed=0, **hparams)
+    reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
+    for _ in range(20):
+        inputs = torch.randn(32, 4)
+        targets = inputs.sum(1, keepdim=True)
+        for m, opt in ((model, optimizer), (twin, reference)):
+            m.zero_grad()
+            F.mse_loss(m(inputs), targets).backward()
+            opt.step()
+    assert_same_state(optimizer, reference, model.parameters(), twin.parameters())
+
+
+def layer_by_layer(pre, v):
+    """P(θ)·v through autograd layer by layer, gathers by indexing: the plain form of both one-node Functions."""
+    z, lead = F.pad(v, (0, pre.width - pre.n)), v.shape[:-1]
+    perms = list(pre.perms)
+    if isinstance(pre, KroneckerPreconditioner):
+        k = pre.block_size
+        for perm, w in zip(perms, pre.blocks):
+            z = (z[..., perm].reshape(*lead, -1, 1, k) @ w).reshape(*lead, -1)
+        for perm, w in zip(reversed(perms), reversed(pre.blocks)):
+            z = (z.reshape(*lead, -1, 1, k) @ w.transpose(-1, -2)).reshape(*lead, -1)[..., torch.argsort(perm)]
+    else:
+        for perm, w in zip(perms, pre.weights):
+            z = z + w * z[..., perm]
+        z = pre.diagonal * z
+        for perm, w in zip(reversed(perms), reversed(pre.weights)):
+            z = z + (w * z)[..., torch.argsort(perm)]
+    return z[..., : pre.n]
+
+
+@pytest.mark.parametrize("kind", ["kronecker", "residual"])
+@pytest.mark.parametrize("lead", [(), (2, 3)])
+def test_hand_written_backward_equals_autograd_for_batches_and_inputs(kind, lead):
+    """Each one-node backward against autograd through the layers, for inputs that need gradients too."""
+    generator = torch.Generator().manual_seed(1)
+    if kind == "kronecker":
+        pre = KroneckerPreconditioner(13, depth=4, block_size=3, generator=generator)
+    else:
+        pre = ResidualPreconditioner(13, depth=5, generator=generator)
+    with torch.no_grad():  # move θ off its initialization (P = I there for the Kronecker stack)
+        for theta in pre.parameters():
+            theta.add_(0.1 * torch.randn(theta.shape, generator=generator, dtype=theta.dtype))
+    v = torch.randn(*lead, 13, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(*lead, 13, dtype=torch.float64)
+    fast = torch.autograd.grad(pre(v), [v, *pre.parameters()], cotangent)
+    plain = torch.autograd.grad(layer_by_layer(pre, v), [v, *pre.parameters()], cotangent)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+    with torch.no_grad():
+        assert torch.equal(pre(v), layer_by_layer(pre, v))
+
+
+def test_fused_meta_adam_agrees_to_round_off():
+    runs = []
+    for fused in (False, True):
+        task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
+        optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-2, beta=0.5, seed=0, fused=fused)
+        for _ in range(20):
+            batch = task.sample_batch()
+            task.x.grad = None
+            task.loss(batch).backward()
+            optimizer.step()
+        runs.append((task.x.detach(), optimizer.preconditioner_matrix()))
+    (x, G), (x_fused, G_fused) = runs
+    assert torch.allclose(x, x_fused, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(G, G_fused, rtol=1e-9, atol=1e-12)
+
+
+def test_state_holds_theta_its_gradient_moments_and_one_step_of_activations_only():
+    """Between steps: θ, its hypergradient and 2 meta-Adam moments (4W values), 2·depth activations of width h, m."""
+    n, depth = 300, 16
+    task = NoisyQuadratic(n=n, seed=0)
+    optimizer = LODO(task.parameters(), lr=0.1, meta_lr=1e-3, seed=0, depth=depth)
+    for _ in range(3):
+        task.x.grad = None
+        task.loss(task.sample_batch()).backward()
+        optimizer.step()
+    h, W = optimizer.preconditioner.width, optimizer.num_meta_parameters
+    assert W <= 129 * n
+    values = 4 * W + 2 * depth * h + n
+    permutations = 2 * depth * h * 8  # the fixed int64 permutations and their inverses
+    assert state_bytes(optimizer, task.parameters()) <= values * 8 + permutations + 4096
+
+
+def test_bench_quick_writes_its_csv(tmp_path):
+    output, threads = tmp_path / "bench.csv", torch.get_num_threads()
+    try:
+        rows = main(["--quick", "--threads", "1", "--output", str(output), "--optimizers", "lodo", "lodo_fused"])
+    finally:
+        torch.set_num_threads(threads)
+    with open(output) as file:
+        written = list(csv.DictReader(file))
+    assert list(written[0]) == COLUMNS
+    assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_fused"}
+    assert len(written) == len(rows) == 6
+    assert all(float(row["step_ms"]) > 0 and float(row["state_bytes"]) >= 0 for row in written)
