@@ -91,6 +91,14 @@ def test_cnn_initialization_is_seeded_normal_with_std_one_over_root_fan_in_plus_
     assert dense.std().item() == pytest.approx(1 / math.sqrt(21), rel=0.05)
 
 
+def test_in_place_evaluation_forward_equals_the_training_forward():
+    model = AutoregressionCNN(torch.Generator().manual_seed(0))
+    inputs = torch.randn(2, 5, 28, 28)
+    with torch.no_grad():
+        evaluation = model(inputs)
+    assert torch.equal(evaluation, model(inputs).detach())
+
+
 def test_atan_gradient_and_double_gradient():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.equal(Atan.apply(x), torch.atan(x))

@@ -49,7 +49,10 @@ class ResidualBlock(nn.Module):
         self.project = nn.Conv2d(6 * channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(atan(self.depthwise(atan(self.expand(x)))))
+        if torch.is_grad_enabled():
+            return x + self.project(atan(self.depthwise(atan(self.expand(x)))))
+        # Evaluation and sampling: the same arithmetic in place, three fewer large allocations per block.
+        return self.project(self.depthwise(self.expand(x).atan_()).atan_()).add_(x)
 
 
 class AutoregressionCNN(nn.Module):
