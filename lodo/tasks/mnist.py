@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -166,7 +165,9 @@ class MnistAutoregression(Task):
 
 
 @torch.no_grad()
-def generate_samples(task: MnistAutoregression, count: int = 16, generator: torch.Generator | None = None):
+def generate_samples(
+    task: MnistAutoregression, count: int = 16, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``count`` uint8 images (count, 28, 28) sampled from the CNN pixel by pixel in raster order (784 passes).
 
     Each pixel is drawn by inverse CDF as in the authors' code: class = #{k : u > cumsum(p)_k}, u ~ U(0, 1), with
@@ -198,7 +199,7 @@ def save_image_grid(path: str | Path, image: torch.Tensor) -> None:
     figure = Figure(figsize=(4, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_axes((0, 0, 1, 1))
-    axes.imshow(image.cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+    axes.imshow(image.cpu().numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     axes.axis("off")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -217,14 +218,14 @@ def save_input_channels(path: str | Path, images: torch.Tensor, examples: int = 
     indices = torch.randint(len(images), (examples,), generator=generator)
     rows, cols = torch.randint(SIZE, (2, examples), generator=generator)
     inputs = build_inputs(images.cpu()[indices], rows, cols, torch.float64, channels_last=False)
-    gray = (127.5 * (inputs + 1)).numpy().astype(np.float64)
+    gray = (127.5 * (inputs + 1)).numpy()
     figure = Figure(figsize=(5, examples))
     FigureCanvasAgg(figure)
     grid = figure.subplots(examples, 5, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.05})
     for example in range(examples):
         for channel in range(5):
             axes = grid[example, channel]
-            axes.imshow(gray[example, channel], cmap="gray", vmin=0, vmax=255)
+            axes.imshow(gray[example, channel], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             axes.axis("off")
             if example == 0:
                 axes.set_title(f"channel {channel}", fontsize=8)
