@@ -18,15 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = [
-    "rosenbrock",
-    "noisy_quadratic",
-    "quadratic_frozen",
-    "mnist",
-    "mnist_beta",
-    "mnist_depth",
-    "mnist_block_size",
-]
+sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `experiments` package importable
+
+from experiments.report import EXPERIMENTS  # noqa: E402 - one list of experiments for the driver and the report
 
 
 def sweep_size(experiment: str, scale: str) -> tuple[int, list[str]]:
