@@ -351,7 +351,7 @@ def test_pictures_are_written(task, monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_samples_of_the_real_cnn(task, tmp_path):
-    # 784 forward passes of 16 images: about a minute on 2 cores.
+    # 784 forward passes of 16 images: a minute or two on an idle 2-core CPU.
     path = task.save_artifacts(tmp_path)["samples"]
     assert path == str(tmp_path / "samples.png")
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
