@@ -10,7 +10,7 @@ TUNE_ARGS ?= --seeds 0 1 2
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format reproduce figures tune sync clean
+.PHONY: help install test test-all lint format reproduce figures tune sync bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'

@@ -249,7 +249,7 @@ def sweep(
 
 
 def sample_grid(runs: pd.DataFrame, path: str | Path, order: list[str] | None = None, title: str = "") -> Path | None:
-    """The 16 generated digits (the task's samples.png) of each optimizer's lowest-seed run, side by side."""
+    """The generated digits (the task's samples.png) of each optimizer's lowest-seed run, side by side."""
     images = []
     for name in order or list(dict.fromkeys(runs["optimizer"])):
         group = runs[runs["optimizer"] == name].sort_values("seed")

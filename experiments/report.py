@@ -286,7 +286,7 @@ def report_mnist(section, runs, curves) -> dict:
             order(runs["optimizer"]),
             title=f"Generated digits (lowest seed), {budget_text(runs)}",
         ),
-        "16 digits generated pixel by pixel by each optimizer's trained CNN (lowest-seed run).",
+        "Digits generated pixel by pixel by each optimizer's trained CNN (lowest-seed run).",
     )
     return {"table": table}
 
@@ -443,7 +443,7 @@ def findings(results: dict) -> list[str]:
                     f"\nRepeating the tuning with another seed moved a tuned optimizer's step-200 loss by up to "
                     f"×{worst:.3g} here (section *Tuning*; SPEC §6 expects one or two orders of magnitude). Gaps "
                     "between optimizers smaller than that do not survive the protocol's own noise; the values in "
-                    "the table use tuning seed 0 (LODO on Rosenbrock: generation-0 defaults, not tuned here).\n"
+                    "the table use tuning seed 0 of each tuned optimizer.\n"
                 )
         if "lodo" in ours:
             best = min(ours, key=ours.get)

@@ -9,7 +9,8 @@
 
 Cases: the noisy quadratic at n = 100 (:class:`~lodo.tasks.NoisyQuadratic`, float64) and at n = 10⁵ (a diagonal
 Hessian with the same spectrum: NoisyQuadratic stores a dense n×n H, 80 GB at n = 10⁵), the paper's MNIST CNN at
-batch 256 (94,696 parameters, float32, channels_last), and synthetic tanh MLPs with ≈1M and ≈10M parameters at
+batch 256 (94,696 parameters, float32, channels_last; ``cnn_nchw``: Adam alone on the default memory layout, for
+its forward + backward time), and synthetic tanh MLPs with ≈1M and ≈10M parameters at
 batch 64 (128 flops per parameter per step: little compute per parameter). Optimizers: Adam, LODO, LODO with the
 fused meta-Adam, LODO with float32 state on float64 cases, the ablations, and K-FAC and the L-BFGS types when they
 are registered. Each optimizer trains its own copy of the model on the same minibatches.
@@ -139,11 +140,13 @@ def make_cases(names: list[str], device: str, quick: bool) -> list[Case]:
             cases.append(Case(name, DiagonalQuadratic(sizes[name], device=device), torch.float64))
         elif name in widths:
             cases.append(Case(name, SyntheticMLP(widths[name], device=device), torch.float32))
-        elif name == "cnn":
+        elif name in ("cnn", "cnn_nchw"):
             try:
                 from lodo.tasks.mnist import MnistAutoregression
 
-                task = MnistAutoregression(batch_size=8 if quick else 256, test_images=0, device=device)
+                task = MnistAutoregression(
+                    batch_size=8 if quick else 256, test_images=0, channels_last=name == "cnn", device=device
+                )
             except Exception as error:  # noqa: BLE001 (any failure: missing data, task still being written)
                 print(f"[bench] skipping the CNN case: {type(error).__name__}: {error}")
                 continue
@@ -164,6 +167,8 @@ def copy_task(task: Task) -> Task:
 
 
 def optimizer_names(case: Case, requested: list[str] | None) -> list[str]:
+    if case.name == "cnn_nchw":  # the CNN in the default memory layout: its forward + backward, for comparison
+        return ["adam"]
     names = ["adam", "lodo", "lodo_fused", "lodo_diagonal", "lodo_global", "lodo_residuals"]
     if case.dtype == torch.float64:
         names.insert(3, "lodo_f32state")
@@ -466,7 +471,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m lodo.bench", description=__doc__.split("\n")[0])
-    cases = ["quadratic_100", "quadratic_1e5", "cnn", "mlp_1m", "mlp_10m"]
+    cases = ["quadratic_100", "quadratic_1e5", "cnn", "cnn_nchw", "mlp_1m", "mlp_10m"]
     parser.add_argument("--cases", nargs="+", choices=cases, help="which cases (default: all; --quick: two)")
     parser.add_argument("--optimizers", nargs="+", help="restrict to these optimizers (Adam always runs)")
     parser.add_argument("--repeats", type=int, help="timed repeats per optimizer (default 10; --quick: 2)")
@@ -504,7 +509,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for case in make_cases(names, args.device, args.quick):
         chosen = optimizer_names(case, args.optimizers)
-        if args.baseline_ref:
+        if args.baseline_ref and "lodo" in chosen:
             chosen.insert(2, f"lodo@{args.baseline_ref}")
         print(f"[bench] {case.name}: n = {case.task.num_parameters:,}, {', '.join(chosen)}", flush=True)
         rows += run_case(case, chosen, args, bandwidth)

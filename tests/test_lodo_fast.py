@@ -1,9 +1,12 @@
 """The optimized LODO step against a straightforward reference, bit for bit (issue 6), and the benchmark's smoke test.
 
-The reference below is LODO written plainly: autograd through every layer, ``z[perm]`` gathers, one ``bmm`` per
-layer, ``torch.optim.Adam(foreach=False)``. The optimized step (one autograd node with a hand-written backward,
-``index_select`` gathers, foreach meta-Adam, gradients handed over without copies) must give the same bits; so
-must the residual ablation's one-node backward against autograd through its layers.
+The reference below is LODO written plainly: autograd through every layer and every multiply-add, gathers by
+indexing with the paper's permutations π_ℓ (layout changes spelled out as separate index operations),
+``torch.optim.Adam(foreach=False)``. The optimized step (one autograd node with a hand-written backward, the
+permutations folded into ``index_select`` gathers, whole-layer products, foreach meta-Adam, gradients handed over
+without copies) must give the same bits; so must the residual ablation's one-node backward against autograd
+through its layers. Both keep blocks as (k, k, C): the same sums in the same order. The (C, k, k) ``@`` form of
+the paper's code sums in another order, so it is checked to round-off.
 """
 
 import csv
@@ -32,12 +35,7 @@ class ReferenceLODO:
         self.momentum, self.last_step, self.t = None, None, 0
 
     def precondition(self, v):
-        z = F.pad(v, (0, self.width - self.n))
-        for perm, w in zip(self.perms, self.blocks):
-            z = torch.bmm(z[perm].reshape(-1, 1, self.k), w).reshape(-1)
-        for perm, w in zip(reversed(self.perms), reversed(self.blocks)):
-            z = torch.bmm(z.reshape(-1, 1, self.k), w.transpose(1, 2)).reshape(-1)[torch.argsort(perm)]
-        return self.lr * z[: self.n]
+        return self.lr * kronecker_plain(v, self.perms, self.blocks, self.width, self.k)
 
     def step(self):
         grad = torch.cat([p.grad.reshape(-1) for p in self.params])
@@ -102,23 +100,66 @@ def test_matches_the_reference_bitwise_on_a_module():
     assert_same_state(optimizer, reference, model.parameters(), twin.parameters())
 
 
+def kronecker_plain(v, perms, blocks, width, k):
+    """P(θ)·v through autograd, layer by layer: z ← z[π_ℓ], then z ← z·B(θ⁽ℓ⁾); after the N layers, the transposes.
+
+    ``blocks[ℓ][i, o, c]`` is entry (i, o) of block c; the layer products run on (k, C) views of the vector
+    (entry i of block c at i·C + c), reached from the natural order by indexing.
+    """
+    lead, n = v.shape[:-1], v.shape[-1]
+    stored = torch.arange(width).view(-1, k).T.reshape(-1)  # the natural index held at each (k, C) position
+    natural = torch.argsort(stored)
+
+    def to_blocks(z):
+        return z[..., stored].reshape(*lead, k, -1)
+
+    def from_blocks(z):
+        return z.reshape(*lead, -1)[..., natural]
+
+    z = F.pad(v, (0, width - n))
+    for perm, w in zip(perms, blocks):
+        z = to_blocks(z[..., perm])
+        out = z[..., 0:1, :] * w[0]
+        for i in range(1, k):
+            out = torch.addcmul(out, z[..., i : i + 1, :], w[i])
+        z = from_blocks(out)
+    for perm, w in zip(reversed(perms), reversed(blocks)):
+        z = to_blocks(z)
+        out = w[:, 0] * z[..., 0:1, :]
+        for o in range(1, k):
+            out = torch.addcmul(out, w[:, o], z[..., o : o + 1, :])
+        z = from_blocks(out)[..., torch.argsort(perm)]
+    return z[..., :n]
+
+
 def layer_by_layer(pre, v):
     """P(θ)·v through autograd layer by layer, gathers by indexing: the plain form of both one-node Functions."""
-    z, lead = F.pad(v, (0, pre.width - pre.n)), v.shape[:-1]
-    perms = list(pre.perms)
     if isinstance(pre, KroneckerPreconditioner):
-        k = pre.block_size
-        for perm, w in zip(perms, pre.blocks):
-            z = (z[..., perm].reshape(*lead, -1, 1, k) @ w).reshape(*lead, -1)
-        for perm, w in zip(reversed(perms), reversed(pre.blocks)):
-            z = (z.reshape(*lead, -1, 1, k) @ w.transpose(-1, -2)).reshape(*lead, -1)[..., torch.argsort(perm)]
-    else:
-        for perm, w in zip(perms, pre.weights):
-            z = z + w * z[..., perm]
-        z = pre.diagonal * z
-        for perm, w in zip(reversed(perms), reversed(pre.weights)):
-            z = z + (w * z)[..., torch.argsort(perm)]
+        return kronecker_plain(v, list(pre.perms), list(pre.blocks), pre.width, pre.block_size)
+    z = F.pad(v, (0, pre.width - pre.n))
+    perms = list(pre.perms)
+    for perm, w in zip(perms, pre.weights):
+        z = z + w * z[..., perm]
+    z = pre.diagonal * z
+    for perm, w in zip(reversed(perms), reversed(pre.weights)):
+        z = z + (w * z)[..., torch.argsort(perm)]
     return z[..., : pre.n]
+
+
+def test_the_paper_block_matrix_form_agrees_to_round_off():
+    """The (C, k, k) blocks times row vectors with ``@``, as in the authors' code (reference §2.1)."""
+    pre = KroneckerPreconditioner(30, depth=6, block_size=4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for w in pre.blocks:
+            w.add_(0.1 * torch.randn(w.shape, dtype=w.dtype, generator=torch.Generator().manual_seed(3)))
+    v = torch.randn(5, 30, dtype=torch.float64)
+    z = F.pad(v, (0, pre.width - 30))
+    for layer, perm in enumerate(pre.perms):
+        z = (z[..., perm].reshape(5, -1, 1, 4) @ pre.block(layer)).reshape(5, -1)
+    for layer in reversed(range(len(pre.blocks))):
+        z = (z.reshape(5, -1, 1, 4) @ pre.block(layer).mT).reshape(5, -1)[..., torch.argsort(pre.perms[layer])]
+    with torch.no_grad():
+        assert torch.allclose(pre(v), z[..., :30], rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("kind", ["kronecker", "residual"])

@@ -349,6 +349,19 @@ def test_pictures_are_written(task, monkeypatch, tmp_path):
     assert (tmp_path / "inputs.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
 
 
+def test_the_number_of_samples_is_a_parameter(task, monkeypatch, tmp_path):
+    monkeypatch.setattr(task, "model", Uniform())
+    monkeypatch.setattr(task, "samples", 4)
+    grids = []
+    monkeypatch.setattr("lodo.tasks.mnist.save_image_grid", lambda path, image: grids.append(image.shape))
+    assert list(task.save_artifacts(tmp_path / "four")) == ["samples"]
+    assert grids == [(28, 112)]  # one row of 4 digits
+    monkeypatch.setattr(task, "samples", 0)
+    assert task.save_artifacts(tmp_path / "none") == {} and not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="samples must be a non-negative multiple of 4"):
+        MnistAutoregression(samples=6)
+
+
 @pytest.mark.slow
 def test_samples_of_the_real_cnn(task, tmp_path):
     # 784 forward passes of 16 images: a minute or two on an idle 2-core CPU.

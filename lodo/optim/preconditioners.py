@@ -32,72 +32,98 @@ def _pad(v: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(v, (0, width - v.shape[-1]))
 
 
-def _blocks_times(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Row vectors times blocks, as in the reference (§2.1): out[…, c, o] = Σ_i z[…, c, i] θ[c, i, o]."""
-    k = w.shape[-1]
-    if z.dim() == 1:  # what ``@`` runs for one vector, without its reshapes (they dominate at small n)
-        return torch.bmm(z.view(-1, 1, k), w).view(-1)
-    return (z.reshape(*z.shape[:-1], -1, 1, k) @ w).reshape(z.shape)
+def _block_product(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Row vectors times blocks in the storage layout: out[…, o, c] = Σ_i z[…, i, c]·w[i, o, c].
+
+    One multiply-add over all C blocks per block index i: k vectorized passes instead of C tiny matrix products.
+    """
+    out = z[..., 0:1, :] * w[0]
+    for i in range(1, w.shape[0]):
+        out = torch.addcmul(out, z[..., i : i + 1, :], w[i])
+    return out
 
 
-def _kronecker_forward(v, perms, inverses, blocks, width, activations=None):
+def _transposed_block_product(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Row vectors times transposed blocks: out[…, i, c] = Σ_o w[i, o, c]·z[…, o, c]."""
+    out = w[:, 0] * z[..., 0:1, :]
+    for o in range(1, w.shape[1]):
+        out = torch.addcmul(out, w[:, o], z[..., o : o + 1, :])
+    return out
+
+
+def _kronecker_forward(v, gathers, blocks, width, activations=None):
+    """P(θ)·v with the layer inputs kept in ``activations`` (2N of them) when a list is given."""
+    forward, reverse = gathers[:2]
+    k = blocks[0].shape[0] if blocks else 1
     z = _pad(v, width)
-    for perm, w in zip(perms, blocks):
-        z = z.index_select(-1, perm)
+    lead = z.shape[:-1]
+    for index, w in zip(forward, blocks):
+        z = z.reshape(*lead, -1).index_select(-1, index).view(*lead, k, -1)
         if activations is not None:
             activations.append(z)
-        z = _blocks_times(z, w)
-    for inverse, w in zip(reversed(inverses), reversed(blocks)):
+        z = _block_product(z, w)
+    for index, w in zip(reversed(reverse), reversed(blocks)):
+        z = z.view(*lead, k, -1)
         if activations is not None:
             activations.append(z)
-        z = _blocks_times(z, w.mT).index_select(-1, inverse)
+        z = _transposed_block_product(z, w).view(*lead, -1).index_select(-1, index)
     return z[..., : v.shape[-1]]
 
 
-def _outer(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Σ over leading dims of a[…, c, i]·b[…, c, o]: the gradient bmm forms for a (…, 1, k) × (k, k) product."""
-    k = shape[-1]
-    if a.dim() == 1:
-        return a.view(-1, k, 1) * b.view(-1, 1, k)
-    return (a.reshape(*a.shape[:-1], -1, k, 1) * b.reshape(*b.shape[:-1], -1, 1, k)).sum_to_size(shape)
+def _weight_grad(z: torch.Tensor, g: torch.Tensor, dim: int) -> torch.Tensor:
+    """A block product's weight gradient: g[…, ·, c]·z[…, j, c] summed over the leading dims, j along ``dim``.
+
+    For one vector, one broadcast product; for a batch, the per-index ``sum_to_size`` that autograd makes.
+    """
+    if z.dim() == 2:
+        return z.unsqueeze(1) * g.unsqueeze(0) if dim == 0 else g.unsqueeze(1) * z.unsqueeze(0)
+    return torch.stack([(g * z[..., j : j + 1, :]).sum_to_size(g.shape[-2:]) for j in range(z.shape[-2])], dim)
 
 
 class _KroneckerProduct(torch.autograd.Function):
     """The Kronecker P(θ)·v for the whole stack as one autograd node, with a hand-written backward.
 
-    It makes the same tensor operations autograd makes for the layer-by-layer graph (a block product by ``@`` with
-    the same operands and layouts, the weight gradient as the product z_i·g_o that ``bmm`` forms with a contraction
-    of length 1, the two uses of each θ⁽ℓ⁾ summed), so values are bitwise those of plain autograd, but it records
-    one node instead of 3 per layer and gathers with ``index_select`` in both directions.
+    The backward makes the tensor operations autograd makes for the layer-by-layer graph of
+    :func:`_kronecker_forward` (each product and each ``sum_to_size`` with the same operands and layouts, the two
+    uses of each θ⁽ℓ⁾ summed), so values are bitwise those of plain autograd, but it records one node instead of
+    ~2k per layer, and undoes each gather with the inverse gather instead of accumulating into zero-filled buffers.
     """
 
     @staticmethod
-    def forward(ctx, v, perms, inverses, width, *blocks):
+    def forward(ctx, v, gathers, width, *blocks):
         activations = []
-        out = _kronecker_forward(v, perms, inverses, blocks, width, activations)
-        ctx.perms, ctx.inverses, ctx.width, ctx.activations = perms, inverses, width, activations
+        out = _kronecker_forward(v, gathers, blocks, width, activations)
+        ctx.gathers, ctx.width, ctx.activations = gathers, width, activations
         ctx.save_for_backward(*blocks)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        blocks, perms, inverses, activations = ctx.saved_tensors, ctx.perms, ctx.inverses, ctx.activations
-        depth = len(blocks)
+        blocks, activations = ctx.saved_tensors, ctx.activations
+        forward, reverse = ctx.gathers[2:]  # the inverse gathers: they undo the forward ones exactly
+        depth, k = len(blocks), blocks[0].shape[0]
         g = _pad(grad, ctx.width)
+        lead = g.shape[:-1]
         transposed_grads = []
-        for layer in range(depth):  # the transposed half, undone from the output side
-            g = g.index_select(-1, perms[layer])
-            z = activations[2 * depth - 1 - layer]
-            transposed_grads.append(_outer(g, z, blocks[layer].shape))
-            g = _blocks_times(g, blocks[layer])
+        for layer in range(depth):  # the transposed half, out[i] = Σ_o w[i, o]·z[o], undone from the output side
+            w, z = blocks[layer], activations[2 * depth - 1 - layer]
+            g = g.reshape(*lead, -1).index_select(-1, reverse[layer]).view(*lead, k, -1)
+            transposed_grads.append(_weight_grad(z, g, 1))
+            g = (g.unsqueeze(-2) * w).sum(-3)
         weight_grads = [None] * depth
-        for layer in reversed(range(depth)):
-            z = activations[layer]
-            weight_grads[layer] = _outer(z, g, blocks[layer].shape).add_(transposed_grads[layer])
-            g = _blocks_times(g, blocks[layer].mT).index_select(-1, inverses[layer])
+        for layer in reversed(range(depth)):  # out[o] = Σ_i z[i]·w[i, o]; the transposed use's gradient is added
+            w, z, g = blocks[layer], activations[layer], g.view(*lead, k, -1)
+            weight_grads[layer] = _weight_grad(z, g, 0).add_(transposed_grads[layer])
+            g = (g.unsqueeze(-3) * w).sum(-2).view(*lead, -1).index_select(-1, forward[layer])
         ctx.activations = None
         input_grad = g[..., : grad.shape[-1]] if ctx.needs_input_grad[0] else None
-        return input_grad, None, None, None, *weight_grads
+        return input_grad, None, None, *weight_grads
+
+
+def _storage_positions(width: int, k: int) -> torch.Tensor:
+    """Where logical index j = c·k + i (entry i of block c) is stored: at i·C + c, C = width/k blocks."""
+    j = torch.arange(width)
+    return (j % k) * (width // k) + j // k
 
 
 class KroneckerPreconditioner(nn.Module):
@@ -106,29 +132,54 @@ class KroneckerPreconditioner(nn.Module):
     Each of the ``depth`` layers holds h/k dense k×k blocks as its own leaf tensor (a slice of one stacked tensor
     would zero-fill the whole stacked gradient on every backward; ENVIRONMENT.md). Blocks start as random orthogonal
     matrices (the V factor of the SVD of a Gaussian matrix), so P(θ₀) = I exactly. Permutations are fixed.
+
+    Layout: layer ℓ's blocks are stored as ``blocks[ℓ][i, o, c]`` = entry (i, o) of block c (the block index last),
+    and the vectors between layers as (k, C) with entry i of block c at i·C + c, so each block product is k
+    multiply-adds over contiguous length-C vectors. The permutations are folded into the gathers that change
+    between the layouts; :attr:`perms` gives them back in the paper's form (z ← z[π_ℓ] on the natural order).
     """
 
     def __init__(self, n: int, depth: int = 16, block_size: int = 4, generator: torch.Generator | None = None):
         super().__init__()
         self.n, self.depth, self.block_size = n, depth, block_size
-        self.width = hidden_width(n, block_size)
+        self.width = h = hidden_width(n, block_size)
         generator = generator or torch.Generator().manual_seed(0)
-        perms, inverses = _random_permutations(depth, self.width, generator)
-        self.register_buffer("perms", perms)
-        self.register_buffer("inverse_perms", inverses)
-        blocks = self.width // block_size
+        perms, inverses = _random_permutations(depth, h, generator)
+        stored = _storage_positions(h, block_size)
+        logical = torch.argsort(stored)  # the logical index held at each storage position
+        forward, reverse = torch.empty_like(perms), torch.empty_like(perms)
+        for layer in range(depth):  # gathers that read the previous layout and write the (k, C) layout
+            forward[layer] = (perms[layer] if layer == 0 else stored[perms[layer]])[logical]
+            reverse[layer] = stored[inverses[layer]] if layer == 0 else stored[inverses[layer]][logical]
+        # int32 indices: 4 gathers (and their inverses, for the backward) in the memory of 2 int64 permutations.
+        for name, index in (("forward", forward), ("reverse", reverse)):
+            self.register_buffer(f"{name}_gathers", index.int())
+            self.register_buffer(f"{name}_inverses", torch.argsort(index, dim=1).int())
         self.blocks = nn.ParameterList()
         for _ in range(depth):
-            gaussian = torch.randn(blocks, block_size, block_size, generator=generator, dtype=torch.float64)
-            # contiguous: Vh comes column-major, and a gradient must match its parameter's layout or be copied.
-            self.blocks.append(nn.Parameter(torch.linalg.svd(gaussian).Vh.contiguous()))
+            gaussian = torch.randn(h // block_size, block_size, block_size, generator=generator, dtype=torch.float64)
+            self.blocks.append(nn.Parameter(torch.linalg.svd(gaussian).Vh.permute(1, 2, 0).contiguous()))
+
+    @property
+    def perms(self) -> torch.Tensor:
+        """The fixed permutations π_ℓ in the paper's form (depth, h): layer ℓ's input is z[π_ℓ]."""
+        stored = _storage_positions(self.width, self.block_size).to(self.forward_gathers.device)
+        perms = self.forward_gathers[:, stored].long()
+        perms[1:] = torch.argsort(stored)[perms[1:]]
+        return perms
+
+    def block(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s blocks as (C, k, k) matrices θ[c] (a view of the parameter)."""
+        return self.blocks[layer].permute(2, 0, 1)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        # unbind: a tuple of rows (``reversed`` on the tensor itself would flip, i.e. copy, all permutations).
-        perms, inverses, blocks = self.perms.unbind(), self.inverse_perms.unbind(), tuple(self.blocks)
+        # unbind: tuples of rows (``reversed`` on a tensor would flip, i.e. copy, all of them).
+        gathers = tuple(b.unbind() for b in (self.forward_gathers, self.reverse_gathers))
+        gathers += tuple(b.unbind() for b in (self.forward_inverses, self.reverse_inverses))
+        blocks = tuple(self.blocks)
         if v.requires_grad or (torch.is_grad_enabled() and any(w.requires_grad for w in blocks)):
-            return _KroneckerProduct.apply(v, perms, inverses, self.width, *blocks)
-        return _kronecker_forward(v, perms, inverses, blocks, self.width)
+            return _KroneckerProduct.apply(v, gathers, self.width, *blocks)
+        return _kronecker_forward(v, gathers, blocks, self.width)
 
 
 class DiagonalPreconditioner(nn.Module):

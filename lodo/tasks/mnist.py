@@ -68,7 +68,8 @@ class MnistAutoregression(Task):
 
     Data: the first 59,936 MNIST training images train; the last ``validation_images`` (of 64) give the tracked
     validation loss and the first ``test_images`` test images the final test loss (0 skips either), each averaged
-    over all 784 positions, ``metric_batch`` (image, position) pairs per forward pass. Initialization and batches
+    over all 784 positions, ``metric_batch`` (image, position) pairs per forward pass; ``samples`` digits are
+    generated after training (a multiple of 4, 0: none; 784 CNN passes). Initialization and batches
     come from one generator seeded by ``seed`` (SPEC §7.5). float32 by default, float64 as an option (SPEC §7.8);
     ``channels_last`` speeds up float32 on CPU, but slows float64 there (oneDNN has no float64 kernels).
     """
@@ -84,6 +85,7 @@ class MnistAutoregression(Task):
         validation_images: int = 64,
         test_images: int = 10_000,
         metric_batch: int = 256,
+        samples: int = 16,
         channels_last: bool = True,
         seed: int = 0,
         dtype: torch.dtype | None = None,
@@ -97,7 +99,10 @@ class MnistAutoregression(Task):
             raise ValueError(f"test_images must be in 0..10000, got {test_images}")
         if metric_batch < 1:
             raise ValueError(f"metric_batch must be a positive integer, got {metric_batch}")
+        if samples < 0 or samples % 4:
+            raise ValueError(f"samples must be a non-negative multiple of 4 (rows of the 4-wide grid), got {samples}")
         self.batch_size, self.metric_batch, self.channels_last = batch_size, metric_batch, channels_last
+        self.samples = samples
         self.seed, self.dtype, self.device = seed, dtype or self.default_dtype, torch.device(device)
         mnist = load_mnist(data_dir)
         images = torch.from_numpy(mnist.train_images.copy()).to(self.device)
@@ -157,9 +162,11 @@ class MnistAutoregression(Task):
         return {"test_loss": self.pixel_loss(self.test_images)} if len(self.test_images) else {}
 
     def save_artifacts(self, directory) -> dict[str, str]:
-        """``samples.png``: 16 digits generated pixel by pixel (seeded by the task's seed) in a 4×4 grid."""
+        """``samples.png``: ``samples`` digits generated pixel by pixel (seeded by the task's seed), 4 per row."""
+        if not self.samples:
+            return {}
         path = Path(directory) / "samples.png"
-        samples = generate_samples(self, generator=torch.Generator().manual_seed(self.seed))
+        samples = generate_samples(self, self.samples, generator=torch.Generator().manual_seed(self.seed))
         save_image_grid(path, sample_grid(samples))
         return {"samples": str(path)}
 
