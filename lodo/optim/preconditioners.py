@@ -113,7 +113,7 @@ class _KroneckerProduct(torch.autograd.Function):
         weight_grads = [None] * depth
         for layer in reversed(range(depth)):  # out[o] = Σ_i z[i]·w[i, o]; the transposed use's gradient is added
             w, z, g = blocks[layer], activations[layer], g.view(*lead, k, -1)
-            weight_grads[layer] = _weight_grad(z, g, 0).add_(transposed_grads[layer])
+            weight_grads[layer] = transposed_grads[layer].add_(_weight_grad(z, g, 0))  # in place: no 2nd copy
             g = (g.unsqueeze(-3) * w).sum(-2).view(*lead, -1).index_select(-1, forward[layer])
         ctx.activations = None
         input_grad = g[..., : grad.shape[-1]] if ctx.needs_input_grad[0] else None
