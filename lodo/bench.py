@@ -10,10 +10,10 @@
 Cases: the noisy quadratic at n = 100 (:class:`~lodo.tasks.NoisyQuadratic`, float64) and at n = 10⁵ (a diagonal
 Hessian with the same spectrum: NoisyQuadratic stores a dense n×n H, 80 GB at n = 10⁵), the paper's MNIST CNN at
 batch 256 (94,696 parameters, float32, channels_last; ``cnn_nchw``: Adam alone on the default memory layout, for
-its forward + backward time), and synthetic tanh MLPs with ≈1M and ≈10M parameters at
-batch 64 (128 flops per parameter per step: little compute per parameter). Optimizers: Adam, LODO, LODO with the
-fused meta-Adam, LODO with float32 state on float64 cases, the ablations, and K-FAC and the L-BFGS types when they
-are registered. Each optimizer trains its own copy of the model on the same minibatches.
+its forward + backward time), and synthetic tanh MLPs with ≈1M and ≈10M parameters at batch 64 (128 flops per
+parameter per step: little compute per parameter). Optimizers: Adam, LODO, LODO with the foreach (unfused)
+meta-Adam, LODO with float32 state on float64 cases, the ablations, and K-FAC and the L-BFGS types when they are
+registered. Each optimizer trains its own copy of the model on the same minibatches.
 
 All optimizers of a case run in one process, interleaved: every repeat times each optimizer once, in an order that
 rotates, so drift of a shared machine hits all alike. Per optimizer it reports the median over repeats of the full
@@ -63,7 +63,7 @@ COLUMNS = [
 HPARAMS = {
     "adam": dict(lr=1e-4),
     "lodo": dict(lr=1e-3, meta_lr=1e-5),
-    "lodo_fused": dict(lr=1e-3, meta_lr=1e-5, fused=True),
+    "lodo_foreach": dict(lr=1e-3, meta_lr=1e-5, fused=False),
     "lodo_f32state": dict(lr=1e-3, meta_lr=1e-5, state_dtype=torch.float32),
     "lodo_diagonal": dict(lr=1e-3, meta_lr=1e-5),
     "lodo_global": dict(lr=1e-3, meta_lr=1e-5),
@@ -71,7 +71,7 @@ HPARAMS = {
 }
 OPTIONAL = ("kfac", "olbfgs", "lbfgs_no_line_search")  # benchmarked when registered
 # Values kept per parameter, to skip what cannot fit (LODO: θ, 2 moments, hypergradient, activations ≈ 600n).
-VALUES_PER_PARAMETER = {"lodo": 600, "lodo_fused": 600, "lodo_residuals": 600, "lodo_f32state": 300, "olbfgs": 200}
+VALUES_PER_PARAMETER = {"lodo": 600, "lodo_foreach": 600, "lodo_residuals": 600, "lodo_f32state": 300, "olbfgs": 200}
 
 
 class DiagonalQuadratic(Task):
@@ -169,7 +169,7 @@ def copy_task(task: Task) -> Task:
 def optimizer_names(case: Case, requested: list[str] | None) -> list[str]:
     if case.name == "cnn_nchw":  # the CNN in the default memory layout: its forward + backward, for comparison
         return ["adam"]
-    names = ["adam", "lodo", "lodo_fused", "lodo_diagonal", "lodo_global", "lodo_residuals"]
+    names = ["adam", "lodo", "lodo_foreach", "lodo_diagonal", "lodo_global", "lodo_residuals"]
     if case.dtype == torch.float64:
         names.insert(3, "lodo_f32state")
     names += [name for name in OPTIONAL if name in OPTIMIZERS]
@@ -182,7 +182,7 @@ def build(name: str, task: Task) -> torch.optim.Optimizer:
     hparams = HPARAMS.get(name, {})
     if name.startswith("lodo@"):  # the --baseline-ref implementation
         return BASELINE_LODO[0](task.parameters(), seed=0, **HPARAMS["lodo"])
-    if name in ("lodo_fused", "lodo_f32state"):
+    if name in ("lodo_foreach", "lodo_f32state"):
         return LODO(task.parameters(), seed=0, **hparams)
     if name.startswith("lodo"):
         hparams = {**hparams, "seed": 0}

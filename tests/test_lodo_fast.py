@@ -2,11 +2,11 @@
 
 The reference below is LODO written plainly: autograd through every layer and every multiply-add, gathers by
 indexing with the paper's permutations π_ℓ (layout changes spelled out as separate index operations),
-``torch.optim.Adam(foreach=False)``. The optimized step (one autograd node with a hand-written backward, the
-permutations folded into ``index_select`` gathers, whole-layer products, foreach meta-Adam, gradients handed over
-without copies) must give the same bits; so must the residual ablation's one-node backward against autograd
-through its layers. Both keep blocks as (k, k, C): the same sums in the same order. The (C, k, k) ``@`` form of
-the paper's code sums in another order, so it is checked to round-off.
+``torch.optim.Adam(fused=True)`` on each layer's blocks. The optimized step (one autograd node with a hand-written
+backward, the permutations folded into ``index_select`` gathers, whole-layer products, one meta-Adam over all
+layers, gradients handed over without copies) must give the same bits; so must the residual ablation's one-node
+backward against autograd through its layers. Both keep blocks as (k, k, C): the same sums in the same order. The
+(C, k, k) ``@`` form of the paper's code sums in another order, so it is checked to round-off.
 """
 
 import csv
@@ -31,7 +31,7 @@ class ReferenceLODO:
         self.n, self.width, self.k = pre.n, pre.width, pre.block_size
         self.perms = [perm.clone() for perm in pre.perms]
         self.blocks = [w.detach().clone().requires_grad_() for w in pre.blocks]
-        self.meta = torch.optim.Adam(self.blocks, lr=meta_lr, betas=(0.9, 0.999), eps=1e-7, foreach=False)
+        self.meta = torch.optim.Adam(self.blocks, lr=meta_lr, betas=(0.9, 0.999), eps=1e-7, fused=True)
         self.momentum, self.last_step, self.t = None, None, 0
 
     def precondition(self, v):
@@ -183,7 +183,7 @@ def test_hand_written_backward_equals_autograd_for_batches_and_inputs(kind, lead
         assert torch.equal(pre(v), layer_by_layer(pre, v))
 
 
-def test_fused_meta_adam_agrees_to_round_off():
+def test_foreach_meta_adam_agrees_with_the_fused_default_to_round_off():
     runs = []
     for fused in (False, True):
         task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
@@ -218,12 +218,12 @@ def test_state_holds_theta_its_gradient_moments_and_one_step_of_activations_only
 def test_bench_quick_writes_its_csv(tmp_path):
     output, threads = tmp_path / "bench.csv", torch.get_num_threads()
     try:
-        rows = main(["--quick", "--threads", "1", "--output", str(output), "--optimizers", "lodo", "lodo_fused"])
+        rows = main(["--quick", "--threads", "1", "--output", str(output), "--optimizers", "lodo", "lodo_foreach"])
     finally:
         torch.set_num_threads(threads)
     with open(output) as file:
         written = list(csv.DictReader(file))
     assert list(written[0]) == COLUMNS
-    assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_fused"}
+    assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_foreach"}
     assert len(written) == len(rows) == 6
     assert all(float(row["step_ms"]) > 0 and float(row["state_bytes"]) >= 0 for row in written)

@@ -49,9 +49,9 @@ class LODO(Optimizer):
         seed: seeds the permutations and the initial blocks; ``None`` draws one from torch's global generator.
         state_dtype: dtype of θ, its meta-optimizer moments and the momentum (``None``: that of the parameters);
             e.g. ``torch.float32`` for a float64 model halves LODO's memory.
-        fused: run the meta-Adam as torch's fused kernel (CPU and CUDA): one pass over θ and its moments instead
-            of about seven, several times faster at large n, but it rounds differently from the default
-            (foreach) Adam, so results match the default only to round-off, not bitwise.
+        fused: run the meta-Adam as torch's fused kernel (CPU and CUDA; the default): one pass over θ and its
+            moments. ``False`` runs torch's foreach Adam instead, about seven passes; the two round differently,
+            so they agree to round-off, not bitwise.
 
     Memory between steps: θ, its hypergradient (left in ``.grad``) and two meta-Adam moments (4 × ≈128n values),
     the inputs of the 2N block products that the last step keeps for the next hypergradient (2N·h ≈ 64n), and
@@ -70,7 +70,7 @@ class LODO(Optimizer):
         meta_optimizer: str = "adam",
         seed: int | None = None,
         state_dtype: torch.dtype | None = None,
-        fused: bool = False,
+        fused: bool = True,
     ):
         if not lr > 0:
             raise ValueError(f"Invalid lr (α₀): {lr}; it must be positive")
@@ -113,7 +113,7 @@ class LODO(Optimizer):
         if not meta_params:  # depth 0: G = α₀I, nothing to learn
             self.meta_optimizer = None
         elif meta_optimizer == "adam":
-            # foreach: the same kernels, in the same order per tensor, as the single-tensor loop (bitwise equal).
+            # fused (or foreach): the same arithmetic per element as one Adam per tensor, so bitwise equal to it.
             self.meta_optimizer = torch.optim.Adam(
                 meta_params, lr=meta_lr, betas=(0.9, 0.999), eps=1e-7, foreach=not fused, fused=fused or None
             )
