@@ -506,7 +506,9 @@ def findings(results: dict) -> list[str]:
                 ratio = table.loc["lodo", "steps_per_second_mean"] / table.loc["adam", "steps_per_second_mean"]
                 lines.append(
                     f"Claim 3 (LODO trains the CNN at speeds comparable to standard optimizers): LODO runs at "
-                    f"{fmt(ratio, 2)}× Adam's steps per second here.\n"
+                    f"{fmt(ratio, 2)}× Adam's steps per second here (this scale's batch, one thread per run, two "
+                    "runs at a time; `make bench` times the paper's batch 256 in one process: README, "
+                    "*Performance*).\n"
                 )
             if mnist["steps"] < PAPER_MNIST_STEPS:
                 lines.append(

@@ -334,7 +334,8 @@ def run_case(case: Case, names: list[str], args, bandwidth: float) -> list[dict]
     for name in names:
         needed = VALUES_PER_PARAMETER.get(name.split("@")[0], 4) * n * itemsize  # a rough upper estimate
         if needed > budget:
-            rows.append(dict(optimizer=name, note=f"skipped: needs ~{needed / 1e9:.1f} GB, over half the free memory"))
+            note = f"skipped: needs ~{needed / 1e6:,.0f} MB; {max(budget, 0) / 1e6:,.0f} MB left of half the free RAM"
+            rows.append(dict(optimizer=name, note=note))
             continue
         budget -= needed
         task = copy_task(case.task)

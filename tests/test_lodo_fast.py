@@ -227,3 +227,26 @@ def test_bench_quick_writes_its_csv(tmp_path):
     assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_foreach"}
     assert len(written) == len(rows) == 6
     assert all(float(row["step_ms"]) > 0 and float(row["state_bytes"]) >= 0 for row in written)
+
+
+def test_compile_is_for_the_kronecker_preconditioner_only():
+    with pytest.raises(ValueError, match="Kronecker preconditioner only"):
+        LODO([torch.zeros(3, requires_grad=True)], preconditioner="diagonal", compile=True)
+
+
+@pytest.mark.slow
+def test_compiled_preconditioner_agrees_to_round_off():
+    """``compile=True`` (Inductor, a C++ compiler needed) against the default, 10 steps on a noisy quadratic."""
+    runs = []
+    for compiled in (False, True):
+        task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
+        optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-2, beta=0.5, seed=0, compile=compiled)
+        for _ in range(10):
+            batch = task.sample_batch()
+            task.x.grad = None
+            task.loss(batch).backward()
+            optimizer.step()
+        runs.append((task.x.detach(), optimizer.preconditioner_matrix()))
+    (x, G), (x_compiled, G_compiled) = runs
+    assert torch.allclose(x, x_compiled, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(G, G_compiled, rtol=1e-9, atol=1e-12)

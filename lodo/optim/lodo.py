@@ -52,6 +52,9 @@ class LODO(Optimizer):
         fused: run the meta-Adam as torch's fused kernel (CPU and CUDA; the default): one pass over θ and its
             moments. ``False`` runs torch's foreach Adam instead, about seven passes; the two round differently,
             so they agree to round-off, not bitwise.
+        compile: run the Kronecker preconditioner's forward and backward through ``torch.compile`` (Inductor
+            generates fused kernels; the first steps pay the compilation, and results agree with the default only
+            to round-off). Off by default: see README, *Performance*, for what it saves.
 
     Memory between steps: θ, its hypergradient (left in ``.grad``) and two meta-Adam moments (4 × ≈128n values),
     the inputs of the 2N block products that the last step keeps for the next hypergradient (2N·h ≈ 64n), and
@@ -71,6 +74,7 @@ class LODO(Optimizer):
         seed: int | None = None,
         state_dtype: torch.dtype | None = None,
         fused: bool = True,
+        compile: bool = False,
     ):
         if not lr > 0:
             raise ValueError(f"Invalid lr (α₀): {lr}; it must be positive")
@@ -120,6 +124,11 @@ class LODO(Optimizer):
         else:
             self.meta_optimizer = torch.optim.SGD(meta_params, lr=meta_lr)
         self._last_step: torch.Tensor | None = None  # G(θ_t) m_t with its graph, for the next hypergradient
+        self._compiled = None
+        if compile:
+            if preconditioner != "kronecker":
+                raise ValueError(f"compile=True applies to the Kronecker preconditioner only, not {preconditioner!r}")
+            self._compiled = torch.compile(self.preconditioner.plain_forward, dynamic=False)
 
     @property
     def num_meta_parameters(self) -> int:
@@ -127,6 +136,8 @@ class LODO(Optimizer):
         return sum(p.numel() for p in self.preconditioner.parameters())
 
     def _precondition(self, v: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None and torch.is_grad_enabled() and v.dim() == 1:
+            return self.param_groups[0]["lr"] * self._compiled(v)
         return self.param_groups[0]["lr"] * self.preconditioner(v)
 
     @torch.no_grad()

@@ -181,6 +181,11 @@ class KroneckerPreconditioner(nn.Module):
             return _KroneckerProduct.apply(v, gathers, self.width, *blocks)
         return _kronecker_forward(v, gathers, blocks, self.width)
 
+    def plain_forward(self, v: torch.Tensor) -> torch.Tensor:
+        """P(θ)·v through ordinary autograd, layer by layer: what ``torch.compile`` traces (``LODO(compile=True)``)."""
+        gathers = (self.forward_gathers.unbind(), self.reverse_gathers.unbind())
+        return _kronecker_forward(v, gathers, tuple(self.blocks), self.width)
+
 
 class DiagonalPreconditioner(nn.Module):
     """LODO-Diagonal: P = diag(w), w ∈ ℝⁿ initialized to ones (not constrained to stay positive)."""
