@@ -19,22 +19,15 @@ from lodo.optim.l2l import (
     resolve_weights,
 )
 from lodo.tasks import NoisyQuadratic
+from lodo.train import train as train_loop
 
 SHIPPED_RECORD = REPO_ROOT / DEFAULT_WEIGHTS.with_suffix(".json")
 
 
 def run(task, optimizer, steps: int) -> list[float]:
+    """The training loss of each step, from the project's training loop."""
     losses = []
-    for _ in range(steps):
-        batch = task.sample_batch()
-
-        def closure(batch=batch):
-            optimizer.zero_grad()
-            loss = task.loss(batch)
-            loss.backward()
-            return loss
-
-        losses.append(float(optimizer.step(closure).detach()))
+    train_loop(task, optimizer, steps, on_row=lambda row: losses.append(row["loss"]), progress=False)
     return losses
 
 

@@ -183,18 +183,20 @@ def test_hand_written_backward_equals_autograd_for_batches_and_inputs(kind, lead
         assert torch.equal(pre(v), layer_by_layer(pre, v))
 
 
+def trained_on_a_quadratic(steps: int, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and G after ``steps`` LODO steps on a small noisy quadratic (the same seeds for every ``options``)."""
+    task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
+    optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-2, beta=0.5, seed=0, **options)
+    for _ in range(steps):
+        batch = task.sample_batch()
+        task.x.grad = None
+        task.loss(batch).backward()
+        optimizer.step()
+    return task.x.detach(), optimizer.preconditioner_matrix()
+
+
 def test_foreach_meta_adam_agrees_with_the_fused_default_to_round_off():
-    runs = []
-    for fused in (False, True):
-        task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
-        optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-2, beta=0.5, seed=0, fused=fused)
-        for _ in range(20):
-            batch = task.sample_batch()
-            task.x.grad = None
-            task.loss(batch).backward()
-            optimizer.step()
-        runs.append((task.x.detach(), optimizer.preconditioner_matrix()))
-    (x, G), (x_fused, G_fused) = runs
+    (x, G), (x_fused, G_fused) = (trained_on_a_quadratic(20, fused=fused) for fused in (False, True))
     assert torch.allclose(x, x_fused, rtol=1e-9, atol=1e-12)
     assert torch.allclose(G, G_fused, rtol=1e-9, atol=1e-12)
 
@@ -237,16 +239,6 @@ def test_compile_is_for_the_kronecker_preconditioner_only():
 @pytest.mark.slow
 def test_compiled_preconditioner_agrees_to_round_off():
     """``compile=True`` (Inductor, a C++ compiler needed) against the default, 10 steps on a noisy quadratic."""
-    runs = []
-    for compiled in (False, True):
-        task = NoisyQuadratic(n=20, min_eigenvalue=0.05, seed=1)
-        optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-2, beta=0.5, seed=0, compile=compiled)
-        for _ in range(10):
-            batch = task.sample_batch()
-            task.x.grad = None
-            task.loss(batch).backward()
-            optimizer.step()
-        runs.append((task.x.detach(), optimizer.preconditioner_matrix()))
-    (x, G), (x_compiled, G_compiled) = runs
+    (x, G), (x_compiled, G_compiled) = (trained_on_a_quadratic(10, compile=c) for c in (False, True))
     assert torch.allclose(x, x_compiled, rtol=1e-9, atol=1e-12)
     assert torch.allclose(G, G_compiled, rtol=1e-9, atol=1e-12)

@@ -10,6 +10,7 @@ import yaml
 from lodo.optim.hypergradient import SGDHD
 from lodo.optim.registry import build_optimizer, optimizer_spec
 from lodo.tasks import NoisyQuadratic, Rosenbrock
+from lodo.train import train as train_loop
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
 MODERN = ("psgd_kron", "soap", "shampoo", "sgd_hd")
@@ -35,17 +36,9 @@ def shifted_quadratic() -> NoisyQuadratic:
 
 
 def train(task, optimizer, steps: int) -> list[float]:
+    """The training loss of each step, from the project's training loop."""
     losses = []
-    for _ in range(steps):
-        batch = task.sample_batch()
-
-        def closure(batch=batch):
-            optimizer.zero_grad()
-            loss = task.loss(batch)
-            loss.backward()
-            return loss
-
-        losses.append(float(optimizer.step(closure).detach()))
+    train_loop(task, optimizer, steps, on_row=lambda row: losses.append(row["loss"]), progress=False)
     return losses
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from lodo.optim.flat import add_flat, flat_grad
 from lodo.optim.preconditioners import (
     DiagonalPreconditioner,
     GlobalPreconditioner,
@@ -151,11 +152,6 @@ class LODO(Optimizer):
         eye = torch.eye(self.n, dtype=self.state_dtype, device=self.param_groups[0]["params"][0].device)
         return self._precondition(eye)  # rows of G = columns of G: G is symmetric
 
-    def _flat_grad(self, params: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]).to(
-            self.state_dtype
-        )
-
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = None
         if closure is not None:
@@ -163,7 +159,7 @@ class LODO(Optimizer):
                 loss = closure()
         group = self.param_groups[0]
         params = group["params"]
-        grad = self._flat_grad(params)
+        grad = flat_grad(params).to(self.state_dtype)
         state = self.state[params[0]]
         if not state:
             state["step"] = torch.tensor(0.0)
@@ -189,9 +185,7 @@ class LODO(Optimizer):
         momentum.mul_(group["beta"]).add_(grad, alpha=1 - group["beta"])
         with torch.set_grad_enabled(self.meta_optimizer is not None):
             step = self._precondition(momentum)
-        with torch.no_grad():
-            chunks = step.detach().to(params[0].dtype).split([p.numel() for p in params])
-            torch._foreach_sub_(params, [c.view_as(p) for c, p in zip(chunks, params)])
+        add_flat(params, step.detach().to(params[0].dtype), alpha=-1)
         if self.meta_optimizer is not None:
             self._last_step = step
         state["step"] += 1

@@ -20,19 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-
-def _flat_params(params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-def _flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-
-
-@torch.no_grad()
-def _add_flat(params: list[torch.Tensor], delta: torch.Tensor) -> None:
-    chunks = delta.split([p.numel() for p in params])
-    torch._foreach_add_(params, [c.view_as(p) for c, p in zip(chunks, params, strict=True)])
+from lodo.optim.flat import add_flat, flat_grad
 
 
 def _single_group(optimizer: Optimizer) -> list[torch.Tensor]:
@@ -162,14 +150,14 @@ class LBFGSNoLineSearch(Optimizer):
 
         with torch.enable_grad():
             loss = closure()
-        grad = _flat_grad(params)
+        grad = flat_grad(params)
         scale = self._scale(s_list, y_list) if s_list else group["epsilon"]
         direction = two_loop_recursion(grad, s_list, y_list, scale)
         step = group["eta_0"] * group["tau"] / (group["tau"] + t) * direction
-        _add_flat(params, step)
+        add_flat(params, step)
         with torch.enable_grad():
             closure()  # the same minibatch at x_{t+1}: an exact curvature pair on the noisy quadratic
-        y = self._grad_difference(_flat_grad(params), grad, step)
+        y = self._grad_difference(flat_grad(params), grad, step)
         if torch.dot(step, y) != 0:  # s·y = 0 (e.g. a zero step at an exact minimum) defines no update
             s_list.append(step)
             y_list.append(y)
@@ -257,7 +245,7 @@ class BFGS(Optimizer):
                 loss = closure()
         group = self.param_groups[0]
         params = group["params"]
-        grad = _flat_grad(params)
+        grad = flat_grad(params)
         state = self.state[params[0]]
         if not state:
             state["step"] = torch.tensor(0.0)
@@ -267,7 +255,7 @@ class BFGS(Optimizer):
         if "prev_grad" in state:
             bfgs_inverse_update_(inverse_hessian, state["prev_step"], grad - state["prev_grad"])
         step = -group["lr"] * (inverse_hessian @ grad)
-        _add_flat(params, step)
+        add_flat(params, step)
         state["prev_grad"], state["prev_step"] = grad, step
         state["step"] += 1
         return loss
@@ -315,7 +303,7 @@ class LevenbergMarquardt(Optimizer):
                 loss = closure()
         group = self.param_groups[0]
         params = group["params"]
-        grad = _flat_grad(params)
+        grad = flat_grad(params)
         with torch.enable_grad():
             hessian = self.hessian().detach().to(grad)
         n = grad.numel()
@@ -323,7 +311,7 @@ class LevenbergMarquardt(Optimizer):
             raise ValueError(f"hessian() returned shape {tuple(hessian.shape)}, expected ({n}, {n})")
         gram = hessian @ hessian
         system = gram + group["lam"] * torch.diag(torch.diagonal(gram))
-        _add_flat(params, -torch.linalg.solve(system, hessian @ grad))
+        add_flat(params, -torch.linalg.solve(system, hessian @ grad))
         state = self.state[params[0]]
         state["step"] = state.get("step", torch.tensor(0.0)) + 1
         return loss
