@@ -11,9 +11,12 @@ Cases: the noisy quadratic at n = 100 (:class:`~lodo.tasks.NoisyQuadratic`, floa
 Hessian with the same spectrum: NoisyQuadratic stores a dense n×n H, 80 GB at n = 10⁵), the paper's MNIST CNN at
 batch 256 (94,696 parameters, float32, channels_last; ``cnn_nchw``: Adam alone on the default memory layout, for
 its forward + backward time), and synthetic tanh MLPs with ≈1M and ≈10M parameters at batch 64 (128 flops per
-parameter per step: little compute per parameter). Optimizers: Adam, LODO, LODO with the foreach (unfused)
-meta-Adam, LODO with float32 state on float64 cases, the ablations, and K-FAC and the L-BFGS types when they are
-registered. Each optimizer trains its own copy of the model on the same minibatches.
+parameter per step: little compute per parameter). Optimizers: Adam, LODO, LODO on its other backend
+(``lodo_torch`` where ``backend="auto"`` takes the C path, i.e. n ≤ 10⁴, ``lodo_native`` elsewhere; likewise
+``lodo_residuals_torch``), LODO with the foreach (unfused) meta-Adam, LODO with float32 state on float64 cases, the
+ablations, and K-FAC and the L-BFGS types when they are registered. Each optimizer trains its own copy of the model
+on the same minibatches; an optimizer is skipped when its rough state estimate exceeds half the memory free when it
+is built.
 
 All optimizers of a case run in one process, interleaved: every repeat times each optimizer once, in an order that
 rotates, so drift of a shared machine hits all alike. Per optimizer it reports the median over repeats of the full
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lodo.optim import LODO
+from lodo.optim.lodo import NATIVE_MAX_N
 from lodo.optim.registry import OPTIMIZERS, build_optimizer
 from lodo.tasks import NoisyQuadratic
 from lodo.tasks.base import Task
@@ -68,10 +72,17 @@ HPARAMS = {
     "lodo_diagonal": dict(lr=1e-3, meta_lr=1e-5),
     "lodo_global": dict(lr=1e-3, meta_lr=1e-5),
     "lodo_residuals": dict(lr=1e-3, meta_lr=1e-5),
+    "lodo_torch": dict(lr=1e-3, meta_lr=1e-5, backend="torch"),
+    "lodo_native": dict(lr=1e-3, meta_lr=1e-5, backend="native"),
+    "lodo_residuals_torch": dict(lr=1e-3, meta_lr=1e-5, preconditioner="residual", backend="torch"),
 }
+VARIANTS = ("lodo_foreach", "lodo_f32state", "lodo_torch", "lodo_native", "lodo_residuals_torch")  # LODO(**HPARAMS)
 OPTIONAL = ("kfac", "olbfgs", "lbfgs_no_line_search")  # benchmarked when registered
 # Values kept per parameter, to skip what cannot fit (LODO: θ, 2 moments, hypergradient, activations ≈ 600n).
-VALUES_PER_PARAMETER = {"lodo": 600, "lodo_foreach": 600, "lodo_residuals": 600, "lodo_f32state": 300, "olbfgs": 200}
+VALUES_PER_PARAMETER = {name: 600 for name in ("lodo", *VARIANTS, "lodo_residuals")} | {
+    "lodo_f32state": 300,
+    "olbfgs": 200,
+}
 
 
 class DiagonalQuadratic(Task):
@@ -169,9 +180,12 @@ def copy_task(task: Task) -> Task:
 def optimizer_names(case: Case, requested: list[str] | None) -> list[str]:
     if case.name == "cnn_nchw":  # the CNN in the default memory layout: its forward + backward, for comparison
         return ["adam"]
-    names = ["adam", "lodo", "lodo_foreach", "lodo_diagonal", "lodo_global", "lodo_residuals"]
+    # LODO's other backend beside the one backend="auto" takes (README, *Performance*)
+    small = case.task.num_parameters <= NATIVE_MAX_N
+    names = ["adam", "lodo", "lodo_torch" if small else "lodo_native", "lodo_foreach", "lodo_diagonal", "lodo_global"]
+    names += ["lodo_residuals", "lodo_residuals_torch"] if small else ["lodo_residuals"]
     if case.dtype == torch.float64:
-        names.insert(3, "lodo_f32state")
+        names.insert(4, "lodo_f32state")
     names += [name for name in OPTIONAL if name in OPTIMIZERS]
     if "kfac" in names and getattr(case.task, "model", None) is None:
         names.remove("kfac")  # K-FAC hooks the layers of an nn.Module
@@ -182,7 +196,7 @@ def build(name: str, task: Task) -> torch.optim.Optimizer:
     hparams = HPARAMS.get(name, {})
     if name.startswith("lodo@"):  # the --baseline-ref implementation
         return BASELINE_LODO[0](task.parameters(), seed=0, **HPARAMS["lodo"])
-    if name in ("lodo_foreach", "lodo_f32state"):
+    if name in VARIANTS:
         return LODO(task.parameters(), seed=0, **hparams)
     if name.startswith("lodo"):
         hparams = {**hparams, "seed": 0}
@@ -330,14 +344,15 @@ def run_case(case: Case, names: list[str], args, bandwidth: float) -> list[dict]
     """Time every optimizer of ``case``, interleaved; one result row per optimizer."""
     device, n = args.device, case.task.num_parameters
     itemsize = torch.tensor([], dtype=case.dtype).element_size()
-    rows, runs, budget = [], {}, 0.5 * free_memory(device)
+    rows, runs = [], {}
     for name in names:
-        needed = VALUES_PER_PARAMETER.get(name.split("@")[0], 4) * n * itemsize  # a rough upper estimate
+        # One budget per optimizer: half the memory free when it is built (what those built before hold is no
+        # longer free), not a shared budget that rough estimates for earlier optimizers have used up.
+        needed, budget = VALUES_PER_PARAMETER.get(name.split("@")[0], 4) * n * itemsize, 0.5 * free_memory(device)
         if needed > budget:
-            note = f"skipped: needs ~{needed / 1e6:,.0f} MB; {max(budget, 0) / 1e6:,.0f} MB left of half the free RAM"
+            note = f"skipped: needs ~{needed / 1e6:,.0f} MB, over half the free memory ({budget * 2 / 1e6:,.0f} MB)"
             rows.append(dict(optimizer=name, note=note))
             continue
-        budget -= needed
         task = copy_task(case.task)
         runs[name] = dict(task=task, optimizer=build(name, task), step=[], opt=[], peak=[], losses=[])
     reference = copy_task(case.task)  # forward + backward alone, on its own copy

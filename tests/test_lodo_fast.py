@@ -1,4 +1,5 @@
-"""The optimized LODO step against a straightforward reference, bit for bit (issue 6), and the benchmark's smoke test.
+"""The optimized LODO step (``backend="torch"``) against a straightforward reference, bit for bit (issue 6), and the
+benchmark's smoke test. The C path (``backend="native"``) is checked against the same reference in test_lodo_native.
 
 The reference below is LODO written plainly: autograd through every layer and every multiply-add, gathers by
 indexing with the paper's permutations π_ℓ (layout changes spelled out as separate index operations),
@@ -23,7 +24,7 @@ from lodo.tasks import NoisyQuadratic
 
 
 class ReferenceLODO:
-    """LODO (SPEC §1) in the plainest PyTorch, starting from the θ and permutations of ``like``."""
+    """LODO (the paper's algorithm) in the plainest PyTorch, starting from the θ and permutations of ``like``."""
 
     def __init__(self, params, like: LODO, lr: float, meta_lr: float, beta: float):
         self.params, self.lr, self.beta = list(params), lr, beta
@@ -69,7 +70,7 @@ def assert_same_state(optimizer: LODO, reference: ReferenceLODO, params, referen
 def test_matches_the_reference_bitwise_on_a_noisy_quadratic(depth, block_size, dtype):
     task, twin = (NoisyQuadratic(n=30, min_eigenvalue=0.01, seed=3, dtype=dtype) for _ in range(2))
     hparams = dict(lr=0.3, meta_lr=1e-2, beta=0.5)
-    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, **hparams)
+    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, backend="torch", **hparams)
     reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
     initial = optimizer.preconditioner.blocks[0].detach().clone()
     for _ in range(20):
@@ -88,7 +89,7 @@ def test_matches_the_reference_bitwise_on_a_module():
     twin = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     twin.load_state_dict(model.state_dict())
     hparams = dict(lr=0.05, meta_lr=1e-3, beta=0.9)
-    optimizer = LODO(model.parameters(), seed=0, **hparams)
+    optimizer = LODO(model.parameters(), seed=0, backend="torch", **hparams)
     reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
     for _ in range(20):
         inputs = torch.randn(32, 4)
@@ -229,6 +230,22 @@ def test_bench_quick_writes_its_csv(tmp_path):
     assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_foreach"}
     assert len(written) == len(rows) == 6
     assert all(float(row["step_ms"]) > 0 and float(row["state_bytes"]) >= 0 for row in written)
+
+
+def test_bench_memory_budget_is_per_optimizer(tmp_path, monkeypatch):
+    """Each optimizer fits half the free memory on its own; the estimates of earlier ones do not use it up."""
+    import lodo.bench
+
+    n_values = lodo.bench.VALUES_PER_PARAMETER["lodo"] * 100 * 8  # LODO's estimate at n = 100, float64
+    monkeypatch.setattr(lodo.bench, "free_memory", lambda device: 2.5 * n_values)  # room for one LODO at a time
+    threads = torch.get_num_threads()
+    try:
+        args = ["--quick", "--threads", "1", "--cases", "quadratic_100", "--output", str(tmp_path / "bench.csv")]
+        rows = main([*args, "--optimizers", "lodo", "lodo_torch", "lodo_foreach"])
+    finally:
+        torch.set_num_threads(threads)
+    assert {row["optimizer"] for row in rows} == {"adam", "lodo", "lodo_torch", "lodo_foreach"}
+    assert not any(row.get("note", "").startswith("skipped") for row in rows)
 
 
 def test_compile_is_for_the_kronecker_preconditioner_only():

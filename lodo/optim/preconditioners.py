@@ -3,10 +3,14 @@
 The optimizer multiplies by α₀, so ``G(θ) = α₀·P(θ)``. Each module's parameters are the meta-learned θ.
 
 * :class:`KroneckerPreconditioner` — the paper's P = Eᵀ G̃ᵀ G̃ E with G̃ a product of block-diagonal matrices and
-  fixed random permutations (SPEC §1, figure ``lodo_architecture.png``). Identity at initialization.
+  fixed random permutations (the paper's figure of LODO's architecture). Identity at initialization.
 * :class:`DiagonalPreconditioner` — LODO-Diagonal: P = diag(w), w = 1 at init.
-* :class:`GlobalPreconditioner` — LODO-Global: P = w·I, one scalar (SPEC §7.1: the scalar the name intends).
+* :class:`GlobalPreconditioner` — LODO-Global: P = w·I, one scalar (the scalar the name intends; README,
+  *Faithful to the paper*).
 * :class:`ResidualPreconditioner` — LODO-Residuals: P = Eᵀ M₁ᵀ⋯M_Lᵀ D M_L⋯M₁ E with M_ℓ = I + diag(w_ℓ) P_ℓ.
+
+The Kronecker and residual modules run either in PyTorch (any device and dtype) or, with ``backend="native"``, through
+the C library of :mod:`lodo.optim.native` (CPU, float32/float64; other inputs still take the PyTorch path).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lodo.optim import native
+
 
 def hidden_width(n: int, block_size: int) -> int:
-    """h: the smallest multiple of ``block_size`` strictly greater than 2n (SPEC §1; CNN n=94,696 → 189,396)."""
+    """h: the smallest multiple of ``block_size`` strictly greater than 2n (as in the authors' code; CNN → 189,396)."""
     return 2 * n + block_size - (2 * n) % block_size
 
 
@@ -127,21 +133,29 @@ def _storage_positions(width: int, k: int) -> torch.Tensor:
 
 
 class KroneckerPreconditioner(nn.Module):
-    """P(θ) = Eᵀ G̃ᵀ G̃ E, G̃ = B(θ⁽¹⁾)P₁ ⋯ B(θ⁽ᴺ⁾)P_N: the "generalized Kronecker factorization" of SPEC §1.
+    """P(θ) = Eᵀ G̃ᵀ G̃ E, G̃ = B(θ⁽¹⁾)P₁ ⋯ B(θ⁽ᴺ⁾)P_N: the paper's "generalized Kronecker factorization".
 
     Each of the ``depth`` layers holds h/k dense k×k blocks as its own leaf tensor (a slice of one stacked tensor
-    would zero-fill the whole stacked gradient on every backward; ENVIRONMENT.md). Blocks start as random orthogonal
+    would zero-fill the whole stacked gradient on every backward). Blocks start as random orthogonal
     matrices (the V factor of the SVD of a Gaussian matrix), so P(θ₀) = I exactly. Permutations are fixed.
 
     Layout: layer ℓ's blocks are stored as ``blocks[ℓ][i, o, c]`` = entry (i, o) of block c (the block index last),
     and the vectors between layers as (k, C) with entry i of block c at i·C + c, so each block product is k
     multiply-adds over contiguous length-C vectors. The permutations are folded into the gathers that change
     between the layouts; :attr:`perms` gives them back in the paper's form (z ← z[π_ℓ] on the natural order).
+    ``backend``: ``"torch"`` or ``"native"`` (the C library, same layouts; :mod:`lodo.optim.native`).
     """
 
-    def __init__(self, n: int, depth: int = 16, block_size: int = 4, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n: int,
+        depth: int = 16,
+        block_size: int = 4,
+        generator: torch.Generator | None = None,
+        backend: str = "torch",
+    ):
         super().__init__()
-        self.n, self.depth, self.block_size = n, depth, block_size
+        self.n, self.depth, self.block_size, self.backend = n, depth, block_size, backend
         self.width = h = hidden_width(n, block_size)
         generator = generator or torch.Generator().manual_seed(0)
         perms, inverses = _random_permutations(depth, h, generator)
@@ -173,10 +187,14 @@ class KroneckerPreconditioner(nn.Module):
         return self.blocks[layer].permute(2, 0, 1)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        blocks = tuple(self.blocks)
+        if self.backend == "native" and blocks and native.usable(v, blocks):
+            if v.requires_grad or (torch.is_grad_enabled() and any(w.requires_grad for w in blocks)):
+                return native.Product.apply(v, self, *blocks)
+            return native.forward(self, v, blocks)
         # unbind: tuples of rows (``reversed`` on a tensor would flip, i.e. copy, all of them).
         gathers = tuple(b.unbind() for b in (self.forward_gathers, self.reverse_gathers))
         gathers += tuple(b.unbind() for b in (self.forward_inverses, self.reverse_inverses))
-        blocks = tuple(self.blocks)
         if v.requires_grad or (torch.is_grad_enabled() and any(w.requires_grad for w in blocks)):
             return _KroneckerProduct.apply(v, gathers, self.width, *blocks)
         return _kronecker_forward(v, gathers, blocks, self.width)
@@ -213,28 +231,34 @@ class ResidualPreconditioner(nn.Module):
     """LODO-Residuals: ``depth`` residual layers z ← z + w_ℓ ⊙ z[π_ℓ], a diagonal d, then the transposed stack.
 
     h = 2n exactly, w_ℓ ~ N(0, 1/depth) (std 1/8 for the paper's 64 layers), d = 1. Symmetric; PSD only while
-    d ≥ 0, and not the identity at initialization (reference §2.2).
+    d ≥ 0, and not the identity at initialization (as in the authors' code). The w_ℓ are the rows of one
+    (depth, h) parameter: the meta-Adam's time at small n grows with its number of tensors, and a row's
+    gradient is cheap to stack (h values, against the Kronecker layers' 4h-value blocks).
     """
 
-    def __init__(self, n: int, depth: int = 64, generator: torch.Generator | None = None):
+    def __init__(self, n: int, depth: int = 64, generator: torch.Generator | None = None, backend: str = "torch"):
         super().__init__()
-        self.n, self.depth, self.width = n, depth, 2 * n
+        self.n, self.depth, self.width, self.backend = n, depth, 2 * n, backend
         generator = generator or torch.Generator().manual_seed(0)
         perms, inverses = _random_permutations(depth, self.width, generator)
         self.register_buffer("perms", perms)
         self.register_buffer("inverse_perms", inverses)
         std = depth**-0.5 if depth else 0.0
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(self.width, generator=generator, dtype=torch.float64) * std) for _ in range(depth)
-        )
+        rows = [torch.randn(self.width, generator=generator, dtype=torch.float64) * std for _ in range(depth)]
+        self.weights = nn.Parameter(torch.stack(rows) if rows else torch.empty(0, self.width, dtype=torch.float64))
         self.diagonal = nn.Parameter(torch.ones(self.width, dtype=torch.float64))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        perms, inverses, weights = self.perms.unbind(), self.inverse_perms.unbind(), tuple(self.weights)
-        thetas = (self.diagonal, *weights)
-        if v.requires_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in thetas)):
+        thetas = (self.diagonal, self.weights)
+        needs_grad = v.requires_grad or (torch.is_grad_enabled() and any(t.requires_grad for t in thetas))
+        if self.backend == "native" and native.usable(v, thetas):
+            if needs_grad:
+                return native.Product.apply(v, self, *thetas)
+            return native.forward(self, v, thetas)
+        perms, inverses = self.perms.unbind(), self.inverse_perms.unbind()
+        if needs_grad:
             return _ResidualProduct.apply(v, perms, inverses, self.width, *thetas)
-        return _residual_forward(v, perms, inverses, weights, self.diagonal, self.width)
+        return _residual_forward(v, perms, inverses, self.weights.unbind(), self.diagonal, self.width)
 
 
 def _residual_forward(v, perms, inverses, weights, diagonal, width, activations=None):
@@ -260,16 +284,17 @@ class _ResidualProduct(torch.autograd.Function):
     """LODO-Residuals' P(θ)·v as one autograd node; the backward makes autograd's products and sums, bitwise."""
 
     @staticmethod
-    def forward(ctx, v, perms, inverses, width, diagonal, *weights):
+    def forward(ctx, v, perms, inverses, width, diagonal, weights):
         activations = []
-        out = _residual_forward(v, perms, inverses, weights, diagonal, width, activations)
+        out = _residual_forward(v, perms, inverses, weights.unbind(), diagonal, width, activations)
         ctx.perms, ctx.inverses, ctx.width, ctx.activations = perms, inverses, width, activations
-        ctx.save_for_backward(diagonal, *weights)
+        ctx.save_for_backward(diagonal, weights)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        (diagonal, *weights), activations, depth = ctx.saved_tensors, ctx.activations, len(ctx.perms)
+        (diagonal, stacked), activations, depth = ctx.saved_tensors, ctx.activations, len(ctx.perms)
+        weights = stacked.unbind()
         g = _pad(grad, ctx.width)
         transposed_grads = []
         for layer in range(depth):  # z ← z + (w ⊙ z)[π⁻¹], undone from the output side
@@ -286,4 +311,5 @@ class _ResidualProduct(torch.autograd.Function):
             g = g + (g * w).index_select(-1, ctx.inverses[layer])
         ctx.activations = None
         input_grad = g[..., : grad.shape[-1]] if ctx.needs_input_grad[0] else None
-        return input_grad, None, None, None, diagonal_grad, *weight_grads
+        weights_grad = torch.stack(weight_grads) if depth else torch.zeros_like(stacked)
+        return input_grad, None, None, None, diagonal_grad, weights_grad
