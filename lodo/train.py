@@ -1,10 +1,11 @@
 """The training loop: one plain loop for every optimizer and task, with honest timing (AlgoPerf style).
 
-A "step" is one loss/gradient evaluation, as in the paper (SPEC §5): an optimizer whose ``step()`` calls its
+A "step" is one loss/gradient evaluation, as in the paper: an optimizer whose ``step()`` calls its
 closure twice spends two steps per iteration. The clock counts training only: tracked metrics are evaluated with
 the clock stopped (the device is synchronized before each reading). A run continues until it has passed both of
 its milestones (``steps`` evaluations and ``time_limit`` training seconds), as the authors' runs do, so that one run
-gives the loss at both. A non-finite loss stops the run and marks it diverged.
+gives the loss at both. A non-finite loss stops the run and marks it diverged. A run can be checkpointed every few
+training seconds, stopped on request, and resumed from its last checkpoint as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from lodo.checkpoint import rng_state, set_rng_state
 from lodo.tasks.base import Task
 
 DIVERGENCE_ERRORS = (torch.linalg.LinAlgError, FloatingPointError, OverflowError)
@@ -44,32 +46,49 @@ def train(
     metric_interval: int | None = None,
     on_row: Callable[[dict], None] | None = None,
     progress: bool = True,
+    checkpoint_interval: float | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    stop: Callable[[], str | None] | None = None,
 ) -> dict:
     """Train ``optimizer`` on ``task`` until both milestones are passed or the loss diverges.
 
     ``on_row`` receives one dict per iteration: ``step`` (evaluations so far), ``iteration``, ``time`` (training
     seconds), ``loss`` (the first evaluation of the iteration, on its fresh minibatch) and, every
-    ``metric_interval`` steps, the task's tracked metrics. Returns a summary dict with ``status``
-    (``"completed"`` or ``"diverged"``), counts, training time, speed and the task's final metrics.
+    ``metric_interval`` steps, the task's tracked metrics. Every ``checkpoint_interval`` training seconds (``None``
+    or 0: never) ``on_checkpoint`` receives a checkpoint (:mod:`lodo.checkpoint`; its ``loop.iteration`` is the
+    number of rows before it), and ``resume`` continues from one. ``stop`` is asked after every iteration; a reason
+    it returns (e.g. a signal) ends the run with a last checkpoint and status ``"interrupted"``. Returns a summary
+    dict with ``status`` (``"completed"``, ``"diverged"`` or ``"interrupted"``), the reason, counts, training time,
+    speed and the task's final metrics.
     """
     check_budget(steps, time_limit, metric_interval)
     device = task.parameters()[0].device
-    evaluations = iteration = 0
-    train_time = metric_time = 0.0
-    next_metric = metric_interval or math.inf
+    loop = {"evaluations": 0, "iteration": 0, "train_time": 0.0, "metric_time": 0.0}
+    loop["next_metric"] = metric_interval or math.inf
+    if resume is not None:
+        loop.update(resume["loop"])
+        task.load_state_dict(resume["task"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+    next_checkpoint = loop["train_time"] + checkpoint_interval if checkpoint_interval else math.inf
     status, reason = "completed", ""
     bar = tqdm(total=steps, unit="step", disable=not progress, dynamic_ncols=True, leave=False)
 
+    def checkpoint() -> None:
+        if on_checkpoint is not None:
+            state = {"loop": dict(loop), "optimizer": optimizer.state_dict(), "task": task.state_dict()}
+            on_checkpoint({**state, "rng": rng_state()})
+
     def closure() -> torch.Tensor:
-        nonlocal evaluations
-        evaluations += 1
+        loop["evaluations"] += 1
         optimizer.zero_grad()
         loss = task.loss(batch)
         loss.backward()
         return loss
 
     def milestones_passed() -> bool:
-        return evaluations >= steps and (time_limit is None or train_time >= time_limit)
+        return loop["evaluations"] >= steps and (time_limit is None or loop["train_time"] >= time_limit)
 
     while not milestones_passed():
         _synchronize(device)
@@ -82,18 +101,19 @@ def train(
             )  # forces the device sync that ends the iteration, as in the reference
         except DIVERGENCE_ERRORS as error:
             loss, reason = math.nan, f"{type(error).__name__}: {error}"
-        train_time += time.perf_counter() - start
-        iteration += 1
-        row = {"step": evaluations, "iteration": iteration, "time": train_time, "loss": loss}
+        loop["train_time"] += time.perf_counter() - start
+        loop["iteration"] += 1
+        evaluations = loop["evaluations"]
+        row = {"step": evaluations, "iteration": loop["iteration"], "time": loop["train_time"], "loss": loss}
         if not math.isfinite(loss):
             status, reason = "diverged", reason or f"non-finite loss {loss} at step {evaluations}"
-        elif evaluations >= next_metric:
+        elif evaluations >= loop["next_metric"]:
             metric_start = time.perf_counter()
             row.update(task.metrics(optimizer))
             _synchronize(device)
-            metric_time += time.perf_counter() - metric_start
-            while next_metric <= evaluations:
-                next_metric += metric_interval
+            loop["metric_time"] += time.perf_counter() - metric_start
+            while loop["next_metric"] <= evaluations:
+                loop["next_metric"] += metric_interval
         if on_row is not None:
             on_row(row)
         bar.update(evaluations - bar.n)
@@ -101,20 +121,29 @@ def train(
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         if status != "completed":
             break
+        stop_reason = stop() if stop is not None else None
+        if stop_reason:
+            status, reason = "interrupted", stop_reason
+            checkpoint()
+            break
+        if loop["train_time"] >= next_checkpoint and not milestones_passed():
+            checkpoint()
+            next_checkpoint = loop["train_time"] + checkpoint_interval
     bar.close()
 
     final_metrics = {}
     if status == "completed":
         metric_start = time.perf_counter()
         final_metrics = task.final_metrics(optimizer)
-        metric_time += time.perf_counter() - metric_start
+        loop["metric_time"] += time.perf_counter() - metric_start
+    evaluations, train_time = loop["evaluations"], loop["train_time"]
     return {
         "status": status,
         "reason": reason,
         "steps": evaluations,
-        "iterations": iteration,
+        "iterations": loop["iteration"],
         "train_time": train_time,
-        "metric_time": metric_time,
+        "metric_time": loop["metric_time"],
         "steps_per_second": evaluations / train_time if train_time > 0 else math.nan,
         **final_metrics,
     }

@@ -8,7 +8,10 @@ the optimizer's default (``configs/optimizer/<name>.yaml``); the result is the b
 
 Every sample is an ordinary run of :func:`lodo.run.execute` in its own folder under
 ``runs/tune/<task>/<optimizer>/tune_seed<k>/gen<g>/sample<i>``, so an interrupted tuning resumes: finished samples
-are read back, not rerun. The draws depend only on (tuning seed, generation), so a resumed tuning is identical.
+are read back, not rerun, if they were made for the same config (``config_hash``: a sample made for another
+budget, e.g. another ``--max-steps``, is moved aside and rerun). What the tuning will cost is printed before it
+starts, and a progress bar counts its runs. The draws depend only on (tuning seed, generation), so a resumed
+tuning is identical.
 The tuned values go to ``configs/tuned/<task>/<optimizer>.yaml`` (which every run of that pair then reads), with how
 they were obtained in its header; each tuning seed's history goes to ``results/tuning/<task>/<optimizer>/``.
 
@@ -27,11 +30,12 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,6 +169,15 @@ def tune(overrides: Sequence[str], args: argparse.Namespace) -> dict:
     base["task"]["metric_interval"] = None  # tracked metrics are not needed to score a sample
     root = Path(args.runs) / task / optimizer
     results = {}
+    runs_per_seed = len(steps) * args.samples + 1
+    print(
+        f"[tune {task}/{optimizer}] {len(args.seeds)} tuning seed(s) x ({len(steps)} generations x {args.samples} "
+        f"samples + 1 check) = {len(args.seeds) * runs_per_seed} runs of {min(steps)}-{max(steps)} steps, "
+        f"{len(args.seeds) * (args.samples * sum(steps) + steps[-1]):,} steps in all, on {args.jobs} process(es); "
+        f"finished runs under {root} are reused if their config is the same",
+        flush=True,
+    )
+    bar = tqdm(total=len(args.seeds) * runs_per_seed, unit="run", disable=not args.progress, dynamic_ncols=True)
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=_init_worker) as pool:
         for tune_seed in args.seeds:
 
@@ -175,13 +188,14 @@ def tune(overrides: Sequence[str], args: argparse.Namespace) -> dict:
                     config["optimizer"] = {**base["optimizer"], **hparams}
                     run_dir = root / f"tune_seed{tune_seed}" / f"gen{generation}" / f"sample{i}"
                     futures.append(pool.submit(_run_sample, config, str(run_dir)))
+                for _ in as_completed(futures):
+                    bar.update()
                 losses = [f.result() for f in futures]
                 finite = sorted(v for v in losses if v is not None and math.isfinite(v))
                 best = f"{finite[0]:.4g}" if finite else "none"
-                print(
+                bar.write(
                     f"[tune {task}/{optimizer} seed {tune_seed}] generation {generation + 1}/{len(sigmas)}: "
-                    f"{len(finite)}/{len(losses)} finite, best {best}",
-                    flush=True,
+                    f"{len(finite)}/{len(losses)} finite, best {best}"
                 )
                 return losses
 
@@ -190,7 +204,9 @@ def tune(overrides: Sequence[str], args: argparse.Namespace) -> dict:
             check = {**base, "steps": steps[-1], "seed": tune_seed * 1_000_000 + 999_999}
             check["optimizer"] = {**base["optimizer"], **tuned}
             check_loss = pool.submit(_run_sample, check, str(root / f"tune_seed{tune_seed}" / "check")).result()
+            bar.update()
             results[tune_seed] = {"tuned": tuned, "check_loss": score(check_loss), "history": history}
+    bar.close()
     report = {
         "task": task,
         "optimizer": optimizer,
@@ -250,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--generations", type=int, default=10, help="number of generations")
     parser.add_argument("--runs", default="runs/tune", help="where the sample runs go")
     parser.add_argument("--no-write", dest="write", action="store_false", help="do not write configs/tuned")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
     report = tune(args.overrides, args)
     for seed, result in report["results"].items():

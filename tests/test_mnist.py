@@ -343,7 +343,8 @@ def test_generation_samples_by_inverse_cdf_with_a_seeded_generator(task, monkeyp
 def test_pictures_are_written(task, monkeypatch, tmp_path):
     monkeypatch.setattr(task, "model", Uniform())
     paths = task.save_artifacts(tmp_path / "run")
-    assert list(paths) == ["samples"] and Path(paths["samples"]).stat().st_size > 0
+    assert list(paths) == ["input_channels", "samples"]
+    assert all(Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in paths.values())
     save_input_channels(tmp_path / "inputs.png", task.train_images)
     save_image_grid(tmp_path / "grid.png", torch.zeros(112, 112, dtype=torch.uint8))
     assert (tmp_path / "inputs.png").stat().st_size > 0 and (tmp_path / "grid.png").stat().st_size > 0
@@ -354,10 +355,11 @@ def test_the_number_of_samples_is_a_parameter(task, monkeypatch, tmp_path):
     monkeypatch.setattr(task, "samples", 4)
     grids = []
     monkeypatch.setattr("lodo.tasks.mnist.save_image_grid", lambda path, image: grids.append(image.shape))
-    assert list(task.save_artifacts(tmp_path / "four")) == ["samples"]
+    assert list(task.save_artifacts(tmp_path / "four")) == ["input_channels", "samples"]
     assert grids == [(28, 112)]  # one row of 4 digits
     monkeypatch.setattr(task, "samples", 0)
-    assert task.save_artifacts(tmp_path / "none") == {} and not (tmp_path / "none").exists()
+    assert list(task.save_artifacts(tmp_path / "none")) == ["input_channels"]
+    assert not (tmp_path / "none" / "samples.png").exists()
     with pytest.raises(ValueError, match="samples must be a non-negative multiple of 4"):
         MnistAutoregression(samples=6)
 

@@ -76,3 +76,33 @@ def test_quadratic_float32_and_loss_value():
     expected = 0.5 * d @ task.H.double() @ d
     assert task.loss(batch).dtype == torch.float32
     assert math.isclose(task.loss(batch).item(), expected.item(), rel_tol=1e-5)
+
+
+def test_best_scalar_and_best_diagonal_hessian_errors_are_the_least_squares_optima():
+    task = NoisyQuadratic(n=12, seed=5)
+    H, n = task.H, task.n
+    identity = torch.eye(n, dtype=torch.float64)
+    # Best scalar: a fine grid around c* = tr H / ‖H‖_F² gets no lower, and c* itself reaches the closed form.
+    c_star = float(torch.trace(H) / (H * H).sum())
+    grid = [task.scaled_identity_error(c_star * f) for f in torch.linspace(0.5, 1.5, 201).tolist()]
+    assert min(grid) == pytest.approx(task.best_scalar_error, rel=1e-12)
+    assert task.scaled_identity_error(c_star) == pytest.approx(task.best_scalar_error, rel=1e-12)
+    # Best diagonal: each row's d_i from a generic least-squares solver gives the same optimum.
+    d = torch.stack(
+        [torch.linalg.lstsq(H[i].reshape(-1, 1), identity[i].reshape(-1, 1)).solution.squeeze() for i in range(n)]
+    )
+    lstsq = float(torch.linalg.matrix_norm(identity - d[:, None] * H) / math.sqrt(n))
+    assert task.best_diagonal_error == pytest.approx(lstsq, rel=1e-10)
+    perturbed = d * (1 + 0.01 * torch.randn(n, dtype=torch.float64))
+    assert float(torch.linalg.matrix_norm(identity - perturbed[:, None] * H) / math.sqrt(n)) > task.best_diagonal_error
+    # A diagonal can do what a scalar can, and H⁻¹ reaches 0; G = 0 gives 1.
+    assert task.best_diagonal_error <= task.best_scalar_error < task.scaled_identity_error(0.0) == pytest.approx(1.0)
+
+
+def test_a_diagonal_hessian_is_solved_exactly_by_the_best_diagonal():
+    task = NoisyQuadratic(n=6, seed=0)
+    task.H = torch.diag(task.eigenvalues)  # Q = I: the axis-aligned bowl
+    assert task.best_diagonal_error == pytest.approx(0.0, abs=1e-7)
+    lam = task.eigenvalues
+    expected = math.sqrt((6 - float(lam.sum()) ** 2 / float((lam**2).sum())) / 6)
+    assert task.best_scalar_error == pytest.approx(expected, rel=1e-12)

@@ -1,6 +1,7 @@
 """The paper's ES tuner (SPEC §5, reference §4.1 and §6): normalization, selection, convergence, resumption."""
 
 import argparse
+import json
 import math
 
 import numpy as np
@@ -63,7 +64,15 @@ def test_the_es_finds_the_minimum_of_a_synthetic_objective():
 
 def test_tuning_runs_through_the_runner_and_resumes(tmp_path):
     args = argparse.Namespace(
-        seeds=[0], jobs=1, schedule=None, max_steps=5, samples=4, generations=2, runs=str(tmp_path), write=False
+        seeds=[0],
+        jobs=1,
+        schedule=None,
+        max_steps=5,
+        samples=4,
+        generations=2,
+        runs=str(tmp_path),
+        write=False,
+        progress=False,
     )
     report = tune(["task=rosenbrock", "optimizer=momentum"], args)
     samples = sorted(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen*/sample*/summary.json"))
@@ -73,3 +82,9 @@ def test_tuning_runs_through_the_runner_and_resumes(tmp_path):
     again = tune(["task=rosenbrock", "optimizer=momentum"], args)
     assert [p.stat().st_mtime_ns for p in samples] == stamps  # every sample was read back, none rerun
     assert again["results"]["0"]["tuned"] == report["results"]["0"]["tuned"]
+    # Another budget is another request: the samples are rerun, the old ones moved aside, not reused.
+    args.max_steps, args.generations = 6, 1
+    tune(["task=rosenbrock", "optimizer=momentum"], args)
+    gen0 = sorted(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen0/sample*/summary.json"))
+    assert [json.loads(p.read_text())["steps"] for p in gen0] == [6] * 4
+    assert len(list(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen0/sample*/stale-*/summary.stale.json"))) == 4

@@ -58,6 +58,20 @@ class Task:
         """Write pictures of the trained task (e.g. generated samples) into ``directory``; return name → path."""
         return {}
 
+    def state_dict(self) -> dict:
+        """What changes during training: the parameters and the task's random generator (for checkpoints)."""
+        state = {"parameters": [p.detach().clone() for p in self.parameters()]}
+        if getattr(self, "generator", None) is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for parameter, value in zip(self.parameters(), state["parameters"], strict=True):
+                parameter.copy_(value)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from lodo.tasks.base import Task
 from lodo.tasks.cnn import AutoregressionCNN
@@ -15,6 +18,7 @@ from lodo.tasks.mnist_data import load_mnist
 SIZE = 28
 PIXELS = SIZE * SIZE
 TRAIN_IMAGES = 59_936  # the first 59,936 training images; the last 64 are the validation set (SPEC §3)
+log = logging.getLogger("lodo.tasks.mnist")
 
 
 def build_inputs(
@@ -77,6 +81,7 @@ class MnistAutoregression(Task):
     name = "mnist_autoregression"
     provides = frozenset({"closure", "model"})
     default_dtype = torch.float32
+    progress = False  # progress bars for the evaluations and the sampling (the runner sets it from `progress`)
 
     def __init__(
         self,
@@ -102,7 +107,7 @@ class MnistAutoregression(Task):
         if samples < 0 or samples % 4:
             raise ValueError(f"samples must be a non-negative multiple of 4 (rows of the 4-wide grid), got {samples}")
         self.batch_size, self.metric_batch, self.channels_last = batch_size, metric_batch, channels_last
-        self.samples = samples
+        self.samples, self._validation_announced = samples, False
         self.seed, self.dtype, self.device = seed, dtype or self.default_dtype, torch.device(device)
         mnist = load_mnist(data_dir)
         images = torch.from_numpy(mnist.train_images.copy()).to(self.device)
@@ -132,16 +137,25 @@ class MnistAutoregression(Task):
     def loss(self, batch: MnistBatch) -> torch.Tensor:
         return F.cross_entropy(self.model(batch.inputs), batch.targets)
 
+    def announce(self, what: str, images: int, batch: int) -> int:
+        """Log what an evaluation or the sampling costs before it starts; return its number of CNN passes."""
+        passes = math.ceil(images * PIXELS / batch) if what != "samples" else PIXELS
+        log.info("%s: %d images x %d positions = %d CNN passes of up to %d", what, images, PIXELS, passes, batch)
+        return passes
+
     @torch.no_grad()
-    def pixel_loss(self, images: torch.Tensor, positions: torch.Tensor | None = None) -> float:
+    def pixel_loss(self, images: torch.Tensor, positions: torch.Tensor | None = None, label: str = "") -> float:
         """Mean cross-entropy (nats) over every (image, raster position) pair; all 784 positions by default.
 
         Pairs run image-major through the CNN in chunks of ``metric_batch``; the sum is accumulated in float64.
+        A progress bar (with an estimate of the time left) appears if it takes more than two seconds.
         """
         positions = torch.arange(PIXELS) if positions is None else torch.as_tensor(positions).flatten()
         positions = positions.to(self.device)
         pairs, total = len(images) * len(positions), 0.0
-        for start in range(0, pairs, self.metric_batch):
+        chunks = range(0, pairs, self.metric_batch)
+        bar = tqdm(chunks, desc=label, unit="pass", disable=not self.progress, delay=2, leave=False)
+        for start in bar:
             pair = torch.arange(start, min(start + self.metric_batch, pairs), device=self.device)
             image, position = images[pair // len(positions)], positions[pair % len(positions)]
             rows, cols = position // SIZE, position % SIZE
@@ -156,24 +170,37 @@ class MnistAutoregression(Task):
     def metrics(self, optimizer=None) -> dict[str, float]:
         if not len(self.validation_images):
             return {}
-        return {"validation_loss": self.pixel_loss(self.validation_images)}
+        if not self._validation_announced:
+            self.announce("validation loss (each time)", len(self.validation_images), self.metric_batch)
+            self._validation_announced = True
+        return {"validation_loss": self.pixel_loss(self.validation_images, label="validation loss")}
 
     def final_metrics(self, optimizer=None) -> dict[str, float]:
-        return {"test_loss": self.pixel_loss(self.test_images)} if len(self.test_images) else {}
+        if not len(self.test_images):
+            return {}
+        self.announce("test loss", len(self.test_images), self.metric_batch)
+        return {"test_loss": self.pixel_loss(self.test_images, label="test loss")}
 
     def save_artifacts(self, directory) -> dict[str, str]:
-        """``samples.png``: ``samples`` digits generated pixel by pixel (seeded by the task's seed), 4 per row."""
+        """``input_channels.png`` (the paper's 5-channel input, drawn for 5 training images) and ``samples.png``:
+        ``samples`` digits generated pixel by pixel (seeded by the task's seed), 4 per row (none if 0)."""
+        channels = Path(directory) / "input_channels.png"
+        save_input_channels(channels, self.train_images, seed=self.seed)
+        artifacts = {"input_channels": str(channels)}
         if not self.samples:
-            return {}
+            return artifacts
         path = Path(directory) / "samples.png"
-        samples = generate_samples(self, self.samples, generator=torch.Generator().manual_seed(self.seed))
+        self.announce("samples", self.samples, self.samples)
+        samples = generate_samples(
+            self, self.samples, generator=torch.Generator().manual_seed(self.seed), progress=self.progress
+        )
         save_image_grid(path, sample_grid(samples))
-        return {"samples": str(path)}
+        return {**artifacts, "samples": str(path)}
 
 
 @torch.no_grad()
 def generate_samples(
-    task: MnistAutoregression, count: int = 16, generator: torch.Generator | None = None
+    task: MnistAutoregression, count: int = 16, generator: torch.Generator | None = None, progress: bool = False
 ) -> torch.Tensor:
     """``count`` uint8 images (count, 28, 28) sampled from the CNN pixel by pixel in raster order (784 passes).
 
@@ -181,7 +208,7 @@ def generate_samples(
     ``u`` from ``generator`` (drawn on the CPU, so a seed gives the same samples on every device).
     """
     images = torch.zeros(count, SIZE, SIZE, dtype=torch.uint8, device=task.device)
-    for position in range(PIXELS):
+    for position in tqdm(range(PIXELS), desc="samples", unit="pass", disable=not progress, delay=2, leave=False):
         row, col = divmod(position, SIZE)
         rows = torch.full((count,), row, device=task.device)
         cols = torch.full((count,), col, device=task.device)

@@ -55,6 +55,33 @@ class NoisyQuadratic(Task):
     def newton_floor(self) -> float:
         return 0.5 * self.noise_scale**2 * float(self.eigenvalues.sum())
 
+    def scaled_identity_error(self, c: float) -> float:
+        """‖I − cH‖_F / √n: the Hessian error of G = cI, e.g. LODO's start G = α₀I (the α₀I reference line)."""
+        residual = torch.eye(self.n, dtype=torch.float64) - c * self.H.double().cpu()
+        return float(torch.linalg.matrix_norm(residual) / math.sqrt(self.n))
+
+    @property
+    def best_scalar_error(self) -> float:
+        """min over scalars c of ‖I − cH‖_F / √n, exactly.
+
+        ‖I − cH‖_F² = n − 2c·tr H + c²·‖H‖_F² is a parabola in c: c* = tr H / ‖H‖_F², minimum n − (tr H)² / ‖H‖_F².
+        No step size alone gets below this; a preconditioner that does has learned more than a learning rate.
+        """
+        H = self.H.double().cpu()
+        squared = self.n - float(torch.trace(H)) ** 2 / float((H * H).sum())
+        return math.sqrt(max(squared, 0.0) / self.n)
+
+    @property
+    def best_diagonal_error(self) -> float:
+        """min over diagonal D of ‖I − DH‖_F / √n, exactly.
+
+        Row i of I − DH is eᵢ − dᵢ·hᵢ (hᵢ row i of H), so each dᵢ is its own least-squares problem: dᵢ* = Hᵢᵢ / ‖hᵢ‖²,
+        leaving 1 − Hᵢᵢ² / ‖hᵢ‖² in row i. ‖I − HD‖_F is the same number (H is symmetric).
+        """
+        H = self.H.double().cpu()
+        squared = self.n - float((torch.diagonal(H) ** 2 / (H * H).sum(dim=1)).sum())
+        return math.sqrt(max(squared, 0.0) / self.n)
+
     def parameters(self) -> list[torch.Tensor]:
         return [self.x]
 
@@ -62,6 +89,13 @@ class NoisyQuadratic(Task):
         step = torch.randn(self.n, generator=self.generator, dtype=torch.float64) * self.noise_scale
         self.center = self.center + step.to(self.center)
         return self.center
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "center": self.center.clone()}  # the random walk's position
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.center = state["center"].to(self.center)
 
     def loss_at(self, values: list[torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         (x,) = values
