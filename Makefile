@@ -7,10 +7,11 @@ LAUNCHER ?= local
 TASK ?= rosenbrock
 OPTIMIZER ?= adam
 TUNE_ARGS ?= --seeds 0 1 2
+EXPERIMENTS ?=
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format reproduce figures tune sync bench clean
+.PHONY: help install test test-all lint format reproduce figures tune sync dashboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,8 +42,8 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-reproduce: $(STAMP)  ## run every experiment at SCALE (smoke|default|paper; default ~30 min on 2 cores), then the figures
-	$(PY) scripts/reproduce.py --scale $(SCALE) --launcher $(LAUNCHER)
+reproduce: $(STAMP)  ## run every experiment (or EXPERIMENTS=a,b only) at SCALE (smoke|default|paper), then the figures
+	$(PY) scripts/reproduce.py --scale $(SCALE) --launcher $(LAUNCHER) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
 figures: $(STAMP)  ## rebuild results/$(SCALE)/ (figures, tables, REPORT.md) from the run records in runs/$(SCALE)/
 	$(PY) -m experiments.report --scale $(SCALE)
@@ -50,8 +51,11 @@ figures: $(STAMP)  ## rebuild results/$(SCALE)/ (figures, tables, REPORT.md) fro
 tune: $(STAMP)  ## tune one pair with the paper's ES: make tune TASK=rosenbrock OPTIMIZER=adam [TUNE_ARGS="--seeds 0 1 2"]
 	$(PY) -m lodo.tune task=$(TASK) optimizer=$(OPTIMIZER) $(TUNE_ARGS)
 
-sync:  ## upload the offline W&B runs under runs/ (needs network and WANDB_API_KEY)
-	find runs -type d -name 'offline-run-*' -exec $(VENV)/bin/wandb sync {} \;
+sync: $(STAMP)  ## upload the W&B run of each finished record under runs/ and multirun/ (network, WANDB_API_KEY); ARGS=--dry-run lists only
+	$(PY) -m experiments.sync $(ARGS)
+
+dashboard: $(STAMP)  ## create/update one saved W&B workspace per experiment for SCALE (network); ARGS="--dry-run" or "--entity E --project P"
+	$(PY) -m experiments.dashboard --scale $(SCALE) $(ARGS)
 
 bench: $(STAMP)  ## time LODO's step against Adam's in one process (results/bench/); ARGS=--quick for a smoke test
 	$(PY) -m lodo.bench $(ARGS)

@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from lodo.records import final_window_mean
+from lodo.records import FINISHED, final_window_mean
 
 RUN_COLUMNS = [
     "experiment",
@@ -24,15 +26,28 @@ RUN_COLUMNS = [
     "optimizer",
     "seed",
     "sweep_r",
+    "pretrain_seed",
     "status",
     "steps",
     "train_time",
     "steps_per_second",
     "final_loss_at_steps",
     "final_loss_at_time",
+    "diverged_at_steps",
+    "diverged_at_time",
     "test_loss",
     "milestone_steps",
     "milestone_time",
+    "has_provenance",
+    "tuned_path",
+    "tuned_sha256",
+    "tune_seed",
+    "newton_floor",
+    "checkpoint_path",
+    "checkpoint_sha256",
+    "hessian_start",
+    "hessian_best_scalar",
+    "hessian_best_diagonal",
     "run_dir",
 ]
 
@@ -42,52 +57,154 @@ def find_runs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
 
 
+def skip(path: Path, error: Exception | str) -> None:
+    """A record that cannot be read is left out of every table and figure, and said so; it never stops the report."""
+    warnings.warn(f"skipping unreadable run record {path}: {error}", stacklevel=3)
+
+
+def read_metrics(path: Path) -> pd.DataFrame | None:
+    """A run's metrics.csv, or None (with a warning naming it) if it cannot be read.
+
+    A file that does not end in a newline was cut off mid-row (the recorder writes whole lines): its last line is
+    dropped rather than read as a row whose missing loss would look like a divergence.
+    """
+    try:
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            warnings.warn(f"{path}: the last line is truncated; it is left out", stacklevel=2)
+            text = text[: text.rfind("\n") + 1]
+        frame = pd.read_csv(io.StringIO(text))
+        missing = {"step", "loss"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"no {', '.join(sorted(missing))} column")
+        return frame
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        skip(path, error)
+        return None
+
+
+def diverged_by(summary: dict, key: str, run_dir: Path, axis: str, milestone) -> bool | None:
+    """Whether a run had diverged by its ``axis`` milestone, using only what happened up to it.
+
+    ``summary[key]`` (``diverged_at_steps`` / ``diverged_at_time``, written by the runner) when the record has it;
+    otherwise derived from metrics.csv: a non-finite loss at or before the milestone, or a diverged run that stopped
+    before reaching it. A run that diverged *after* its step milestone is not counted against that milestone.
+    None where the run has no such milestone.
+    """
+    if milestone is None or (isinstance(milestone, float) and math.isnan(milestone)):
+        return None
+    if isinstance(summary.get(key), bool):
+        return summary[key]
+    if summary.get("status") != "diverged":
+        return False
+    metrics = read_metrics(run_dir / "metrics.csv")
+    if metrics is None or axis not in metrics:
+        return True  # nothing to tell when it diverged: count it, as the paper's table does
+    upto = metrics[metrics[axis] <= float(milestone)]
+    losses = upto["loss"].to_numpy(dtype=float)
+    return bool((~np.isfinite(losses)).any() or len(upto) == len(metrics))
+
+
+def provenance_columns(summary: dict) -> dict:
+    """The run's provenance as flat columns (what the runner recorded; nothing is looked up now).
+
+    ``has_provenance`` is False for records written before the runner recorded provenance: their source is unknown,
+    not "untuned".
+    """
+    provenance = summary.get("provenance")
+    tuned = (provenance or {}).get("tuned") or {}
+    checkpoint = (provenance or {}).get("preconditioner_checkpoint") or {}
+    reference = summary.get("hessian_reference") or {}
+    return {
+        "has_provenance": isinstance(provenance, dict),
+        "tuned_path": tuned.get("path"),
+        "tuned_sha256": tuned.get("sha256"),
+        "tune_seed": tuned.get("tune_seed"),
+        "newton_floor": (provenance or {}).get("newton_floor"),
+        "checkpoint_path": checkpoint.get("path"),
+        "checkpoint_sha256": checkpoint.get("sha256"),
+        "hessian_start": reference.get("start"),
+        "hessian_best_scalar": reference.get("best_scalar"),
+        "hessian_best_diagonal": reference.get("best_diagonal"),
+    }
+
+
 def load_runs(root: str | Path) -> pd.DataFrame:
     """One row per finished run under ``root``: what ran (from config.yaml) and how it went (summary.json).
 
-    The optimizer's hyperparameters appear as ``hp.<name>`` columns.
+    The optimizer's hyperparameters appear as ``hp.<name>`` columns. A run whose summary.json or config.yaml cannot
+    be parsed is skipped with a warning naming it.
     """
     rows = []
     for run_dir in find_runs(root):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        config_path = run_dir / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            config_path = run_dir / "config.yaml"
+            config = (yaml.safe_load(config_path.read_text()) if config_path.exists() else {}) or {}
+            if not isinstance(summary, dict) or not isinstance(config, dict):
+                raise ValueError("not a mapping")
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+            skip(run_dir, error)
+            continue
+        if summary.get("status") not in FINISHED:  # e.g. interrupted: rerunning its command resumes it
+            warnings.warn(f"leaving out {run_dir}: its run is {summary.get('status')!r}, not finished", stacklevel=2)
+            continue
         optimizer = config.get("optimizer", {}) or {}
         milestones = summary.get("milestones", {}) or {}
+        steps = milestones.get("steps", config.get("steps"))
+        time_limit = milestones.get("time_limit", config.get("time_limit"))
         row = {
             "experiment": config.get("experiment", summary.get("experiment")),
             "scale": config.get("scale"),
-            "task": summary.get("task", config.get("task", {}).get("name")),
+            "task": summary.get("task", (config.get("task") or {}).get("name")),
             "optimizer": summary.get("optimizer", optimizer.get("name")),
             "seed": summary.get("seed", config.get("seed")),
             "sweep_r": config.get("sweep_r"),
+            "pretrain_seed": config.get("pretrain_seed"),
             "status": summary.get("status"),
             "steps": summary.get("steps"),
             "train_time": summary.get("train_time"),
             "steps_per_second": summary.get("steps_per_second"),
             "final_loss_at_steps": summary.get("final_loss_at_steps"),
             "final_loss_at_time": summary.get("final_loss_at_time"),
+            "diverged_at_steps": diverged_by(summary, "diverged_at_steps", run_dir, "step", steps),
+            "diverged_at_time": diverged_by(summary, "diverged_at_time", run_dir, "time", time_limit),
             "test_loss": summary.get("test_loss"),
-            "milestone_steps": milestones.get("steps", config.get("steps")),
-            "milestone_time": milestones.get("time_limit", config.get("time_limit")),
+            "milestone_steps": steps,
+            "milestone_time": time_limit,
+            **provenance_columns(summary),
             "run_dir": str(run_dir),
         }
         row.update({f"hp.{k}": v for k, v in optimizer.items() if k != "name"})
         rows.append(row)
     runs = pd.DataFrame(rows, columns=None if rows else RUN_COLUMNS)
-    for column in ("final_loss_at_steps", "final_loss_at_time", "test_loss", "steps_per_second", "train_time"):
+    for column in (
+        "final_loss_at_steps",
+        "final_loss_at_time",
+        "test_loss",
+        "steps_per_second",
+        "train_time",
+        "newton_floor",
+        "hessian_start",
+        "hessian_best_scalar",
+        "hessian_best_diagonal",
+    ):
         runs[column] = pd.to_numeric(runs[column], errors="coerce")
     return runs
 
 
 def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """The tidy table: every metrics.csv row of ``runs`` with experiment, optimizer, seed and sweep_r beside it."""
+    """The tidy table: every metrics.csv row of ``runs`` with experiment, optimizer, seed and sweep_r beside it.
+
+    A metrics.csv that cannot be read is skipped with a warning (its run keeps its row in the runs table)."""
     frames = []
     for run in runs.itertuples():
         path = Path(run.run_dir) / "metrics.csv"
         if not path.exists():
             continue
-        frame = pd.read_csv(path)
+        frame = read_metrics(path)
+        if frame is None:
+            continue
         frame.insert(0, "run_dir", run.run_dir)
         for column in ("experiment", "optimizer", "seed", "sweep_r"):
             frame.insert(1, column, getattr(run, column))
@@ -97,10 +214,15 @@ def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def diverged(runs: pd.DataFrame, column: str) -> pd.Series:
-    """A run counts as diverged (reference §8.2) if it stopped on a non-finite loss or its window mean is not finite."""
+def diverged(runs: pd.DataFrame, column: str) -> np.ndarray:
+    """A run counts as diverged at a milestone (reference §8.2) if it had diverged by that milestone
+    (``diverged_at_steps`` / ``diverged_at_time``, see :func:`diverged_by`) or its window mean there is not finite."""
     values = pd.to_numeric(runs[column], errors="coerce").to_numpy(dtype=float)
-    return (runs["status"] == "diverged").to_numpy() | ~np.isfinite(values)
+    by = "diverged_at_steps" if column.endswith("steps") else "diverged_at_time"
+    flags = runs[by] if by in runs else runs["status"] == "diverged"
+    return np.array([bool(v) if isinstance(v, bool | np.bool_) else False for v in flags], dtype=bool) | ~np.isfinite(
+        values
+    )
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -169,3 +291,59 @@ def binned_curve(curves: pd.DataFrame, x: str, milestone: float | None, column: 
     return pd.DataFrame(
         {"x": centres[stats.index], "mean": stats["mean"], "std": stats["std"], "count": stats["count"]}
     ).reset_index(drop=True)
+
+
+def metric_ends(runs: pd.DataFrame, curves: pd.DataFrame, column: str = "hessian_error") -> pd.DataFrame:
+    """``runs`` with ``first_<column>`` (its first record, step 0 where the record has it) and ``final_<column>``
+    (its last record at or before the run's step milestone) beside each run; NaN where never recorded."""
+    runs = runs.copy()
+    runs[f"first_{column}"] = runs[f"final_{column}"] = math.nan
+    if column not in curves or curves.empty:
+        return runs
+    milestones = runs.set_index("run_dir")["milestone_steps"]
+    data = curves.dropna(subset=[column])
+    data = data[data["step"] <= data["run_dir"].map(milestones).astype(float)].sort_values("step")
+    ends = data.groupby("run_dir")[column].agg(["first", "last"])
+    runs[f"first_{column}"] = runs["run_dir"].map(ends["first"])
+    runs[f"final_{column}"] = runs["run_dir"].map(ends["last"])
+    return runs
+
+
+def load_tuning(root: str | Path) -> pd.DataFrame:
+    """The tuning histories (``results/tuning/<task>/<optimizer>.json``, the tuner's records): one row per task,
+    optimizer and tuning seed with its check loss and tuned values. An unreadable history is skipped with a warning."""
+    rows = []
+    for path in sorted(Path(root).glob("*/*.json")):
+        try:
+            report = json.loads(path.read_text())
+            schedule = report["schedule"]
+            for seed, result in report["results"].items():
+                rows.append(
+                    {
+                        "task": report["task"],
+                        "optimizer": report["optimizer"],
+                        "tune_seed": int(seed),
+                        "check_loss": result["check_loss"],
+                        "horizon": max(schedule["steps"]),
+                        "schedule": f"{len(schedule['sigma'])} gen × {schedule['samples']}, steps "
+                        f"{sorted(set(schedule['steps']))}",
+                        **{f"tuned.{k}": v for k, v in result["tuned"].items()},
+                        "date": report.get("date"),
+                        "history": str(path),
+                    }
+                )
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+            skip(path, error)
+    return pd.DataFrame(rows, columns=None if rows else ["task", "optimizer", "tune_seed", "check_loss"])
+
+
+def load_bench(path: str | Path) -> pd.DataFrame | None:
+    """The benchmark's table (``results/bench/bench_<device>.csv``, written by ``make bench``), or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        skip(path, error)
+        return None

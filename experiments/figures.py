@@ -50,6 +50,8 @@ COLOURS = [
     ("lodo-sgd", (139 / 255, 69 / 255, 19 / 255)),
     ("lodo-no-momentum", (34 / 255, 139 / 255, 34 / 255)),
     ("pretrained lodo", (1, 0, 0)),
+    ("frozen θ, same hessian", (1, 0, 0)),
+    ("frozen θ, fresh eigenbasis", (0, 0, 1)),
     ("adam", (1, 0, 0)),
     ("rmsprop", (0, 1, 0)),
     ("momentum", (0, 0, 1)),
@@ -64,6 +66,16 @@ COLOURS = [
     ("k-fac", (0.45, 0.45, 0.45)),
     ("lodo", (0, 0, 0)),
 ]
+
+
+# Ten or more curves in one plot cannot be told apart by colour alone (several optimizers share a hue family): each
+# optimizer also gets its own line style and marker, fixed by its position in the plot's order.
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+
+
+def line_style(index: int) -> dict:
+    return {"linestyle": LINESTYLES[index % len(LINESTYLES)], "marker": MARKERS[index % len(MARKERS)]}
 
 
 def label(name: str) -> str:
@@ -113,34 +125,47 @@ def learning_curves(
     title: str = "",
     column: str = "loss",
     ylabel: str = "training loss",
-) -> Path:
+) -> Path | None:
     """Mean ± std over runs of each optimizer's binned curve (reference §8.3) against steps or wall time.
 
     Time is drawn in hours when the milestone is over an hour, else in seconds. ``newton`` draws the dashed Newton
-    line (½·tr H on the quadratic).
+    line (½·tr H on the quadratic). A curve cut by ``clip`` says so in its label and marks the cut points with
+    open triangles at the edge. Returns None (and draws nothing) when no optimizer has a point to draw.
     """
     fig, ax = plt.subplots(figsize=(8, 5.5))
     names = order or list(dict.fromkeys(curves["optimizer"]))
     scale, unit = (3600.0, "h") if x == "time" and (milestone or 0) > 3600 else (1.0, "s")
-    for name in names:
+    drawn = 0
+    for index, name in enumerate(names):
         runs = curves[curves["optimizer"] == name]
-        if runs.empty:
+        if runs.empty or column not in runs:
             continue
         binned = binned_curve(runs, x, milestone, column)
+        if binned.empty:  # e.g. a metric recorded only at the milestone itself: draw its points as they are
+            binned = point_curve(runs, x, milestone, column)
         if binned.empty:
             continue
-        xs, mean, std = binned["x"] / scale, binned["mean"].to_numpy(), binned["std"].to_numpy()
+        xs, mean, std = binned["x"].to_numpy() / scale, binned["mean"].to_numpy(), binned["std"].to_numpy()
+        low, high = mean - std, mean + std
+        clipped = np.zeros(len(mean), dtype=bool)
         if clip:
-            mean, low, high = (np.clip(v, *clip) for v in (mean, mean - std, mean + std))
-        else:
-            low, high = mean - std, mean + std
+            clipped = (mean < clip[0]) | (mean > clip[1])
+            mean, low, high = (np.clip(v, *clip) for v in (mean, low, high))
         if log_y:
             low = np.where(low > 0, low, np.nan)
         c = colour(name)
         if name != "lodo_diagonal":  # reference §8.3: the band is skipped for LODO-Diagonal
             ax.fill_between(xs, low, high, color=_light(c), alpha=0.5, linewidth=0)
         n = runs["run_dir"].nunique()
-        ax.plot(xs, mean, color=c, label=f"{label(name)} ({n} runs)", linewidth=1.5)
+        text = f"{label(name)} ({n} runs)" + (f", clipped to [{clip[0]:g}, {clip[1]:g}]" if clipped.any() else "")
+        style = line_style(index)
+        ax.plot(xs, mean, color=c, label=text, linewidth=1.5, markevery=max(1, len(xs) // 8), markersize=4, **style)
+        if clipped.any():
+            ax.plot(xs[clipped], mean[clipped], linestyle="none", marker="^", fillstyle="none", color=c, markersize=5)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
     if newton is not None:
         ax.axhline(newton, color="black", linestyle="--", linewidth=1, label=f"Newton ½·tr H = {newton:.6g}")
     _style(ax, "step" if x == "step" else f"time ({unit})", ylabel, log_y)
@@ -153,33 +178,110 @@ def learning_curves(
     return save(fig, path)
 
 
+def point_curve(curves: pd.DataFrame, x: str, milestone: float | None, column: str) -> pd.DataFrame:
+    """Mean ± std over runs at each recorded x (no binning): for metrics recorded at a few steps only."""
+    data = curves[[x, column]].dropna()
+    if milestone:
+        data = data[data[x] <= float(milestone)]
+    stats = data.groupby(x)[column].agg(mean="mean", std=lambda v: float(np.std(v)), count="count").reset_index()
+    return stats.rename(columns={x: "x"})
+
+
+def hessian_error(
+    curves: pd.DataFrame,
+    path: str | Path,
+    order: list[str] | None = None,
+    references: dict[str, float] | None = None,
+    milestone: float | None = None,
+    title: str = "",
+) -> Path | None:
+    """‖I − GH‖_F/√n by step, mean ± std over runs at each recorded step, on a log step axis that still shows step 0
+    (symlog, linear below step 1), with dotted reference lines (``references``: name → value) and 0 = H⁻¹."""
+    if "hessian_error" not in curves:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    names = order or list(dict.fromkeys(curves["optimizer"]))
+    drawn = 0
+    for index, name in enumerate(names):
+        stats = point_curve(curves[curves["optimizer"] == name], "step", milestone, "hessian_error")
+        if stats.empty:
+            continue
+        c, style = colour(name), line_style(index)
+        xs, mean, std = stats["x"].to_numpy(), stats["mean"].to_numpy(), stats["std"].to_numpy()
+        ax.fill_between(xs, mean - std, mean + std, color=_light(c), alpha=0.4, linewidth=0)
+        n = curves.loc[curves["optimizer"] == name, "run_dir"].nunique()
+        ax.plot(
+            xs, mean, color=c, label=f"{label(name)} ({n} runs)", markevery=max(1, len(xs) // 8), markersize=4, **style
+        )
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    greys = ["0.15", "0.35", "0.55", "0.7"]
+    for (name, value), grey in zip((references or {}).items(), greys):
+        ax.axhline(value, color=grey, linestyle=":", linewidth=1.5, label=f"{name}: {value:.4g}")
+    ax.axhline(0.0, color="black", linewidth=1, label="G = H⁻¹: 0")
+    ax.set_xscale("symlog", linthresh=1.0)
+    _style(ax, "step (log scale; 0 shown)", "‖I − GH‖_F / √n")
+    ax.set_ylim(bottom=-0.02)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    return save(fig, path)
+
+
+# The map of the paper's Rosenbrock figure, and how far it may widen to hold a trajectory that leaves it.
+MAP = (-1.2, 1.5, -1.0, 2.5)
+MAP_LIMIT = (-3.0, 3.0, -2.0, 6.0)
+
+
 def rosenbrock_trajectories(curves: pd.DataFrame, path: str | Path, order: list[str] | None = None, title="") -> Path:
-    """Each optimizer's trajectory (seed 0's (x, y) per step) over the RdBu heat map of log(f + 1e-3) on
-    [−1.2, 1.5] × [−1, 2.5], with a star at the minimum (1, 1) (SPEC §3, ``figures/rosenbrock_heatmap.png``)."""
+    """Each optimizer's trajectory (its lowest seed's (x, y) per step) over the RdBu heat map of log(f + 1e-3), with a
+    star at the minimum (1, 1). The map is the paper's [−1.2, 1.5] × [−1, 2.5], widened to hold every trajectory up
+    to ``MAP_LIMIT``; a trajectory that goes beyond is drawn up to the edge and labelled as clipped, so every line
+    stays on the map."""
     from lodo.tasks.rosenbrock import Rosenbrock
 
-    fig, ax = plt.subplots(figsize=(7, 7))
-    xs, ys = np.meshgrid(np.linspace(-1.2, 1.5, 400), np.linspace(-1, 2.5, 400))
-    heat = ax.imshow(  # a raster image: light in the PDF, unlike a 400×400 mesh
-        np.log(Rosenbrock.function(xs, ys) + 1e-3),
-        cmap="RdBu",
-        origin="lower",
-        extent=(-1.2, 1.5, -1, 2.5),
-        aspect="auto",
-        interpolation="bilinear",
-    )
-    fig.colorbar(heat, ax=ax, label="log(f + 1e-3)", fraction=0.046)
+    paths = {}
     for name in order or list(dict.fromkeys(curves["optimizer"])):
         runs = curves[curves["optimizer"] == name]
         if runs.empty or "x" not in runs:
             continue
         first = runs[runs["seed"] == runs["seed"].min()].dropna(subset=["x", "y"])
-        path_x = np.concatenate([[Rosenbrock.start[0]], first["x"].to_numpy()])
-        path_y = np.concatenate([[Rosenbrock.start[1]], first["y"].to_numpy()])
-        ax.plot(path_x, path_y, color=colour(name), label=label(name), linewidth=1.2, marker=".", markersize=2)
+        px = np.concatenate([[Rosenbrock.start[0]], first["x"].to_numpy(dtype=float)])
+        py = np.concatenate([[Rosenbrock.start[1]], first["y"].to_numpy(dtype=float)])
+        keep = np.isfinite(px) & np.isfinite(py)
+        paths[name] = (px[keep], py[keep])
+    every_x = np.concatenate([MAP[:2], *(p[0] for p in paths.values())])
+    every_y = np.concatenate([MAP[2:], *(p[1] for p in paths.values())])
+    x0, x1 = max(every_x.min(), MAP_LIMIT[0]), min(every_x.max(), MAP_LIMIT[1])
+    y0, y1 = max(every_y.min(), MAP_LIMIT[2]), min(every_y.max(), MAP_LIMIT[3])
+    fig, ax = plt.subplots(figsize=(7, 7))
+    xs, ys = np.meshgrid(np.linspace(x0, x1, 400), np.linspace(y0, y1, 400))
+    heat = ax.imshow(  # a raster image: light in the PDF, unlike a 400×400 mesh
+        np.log(Rosenbrock.function(xs, ys) + 1e-3),
+        cmap="RdBu",
+        origin="lower",
+        extent=(x0, x1, y0, y1),
+        aspect="auto",
+        interpolation="bilinear",
+    )
+    fig.colorbar(heat, ax=ax, label="log(f + 1e-3)", fraction=0.046)
+    for index, (name, (px, py)) in enumerate(paths.items()):
+        outside = (px < x0) | (px > x1) | (py < y0) | (py > y1)
+        text = label(name) + (" (clipped: leaves the map)" if outside.any() else "")
+        ax.plot(
+            np.clip(px, x0, x1),
+            np.clip(py, y0, y1),
+            color=colour(name),
+            label=text,
+            linewidth=1.2,
+            markersize=3,
+            markevery=max(1, len(px) // 10),
+            **line_style(index),
+        )
     ax.plot(*Rosenbrock.minimum, marker="*", color="gold", markersize=18, markeredgecolor="black", linestyle="none")
-    ax.set_xlim(-1.2, 1.5)
-    ax.set_ylim(-1, 2.5)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.legend(fontsize=8, loc="lower right")
@@ -188,27 +290,24 @@ def rosenbrock_trajectories(curves: pd.DataFrame, path: str | Path, order: list[
 
 
 def frozen_vs_on_the_fly(
-    on_the_fly: pd.DataFrame,
-    frozen: pd.DataFrame,
+    curves: pd.DataFrame,
     path: str | Path,
+    variants: list[str],
     column: str = "loss",
     milestone: float | None = None,
     newton: float | None = None,
     title: str = "",
-) -> Path:
-    """Reference §7.5: LODO learning on the fly (black) against LODO restarted with its learned preconditioner
-    frozen (red), by step; ``column`` "loss" (with the Newton line) or "hessian_error"."""
-    curves = pd.concat(
-        [on_the_fly.assign(optimizer="LODO on the fly"), frozen.assign(optimizer="pretrained LODO")],
-        ignore_index=True,
-    )
+) -> Path | None:
+    """Reference §7.5: LODO learning on the fly against LODO restarted with its learned preconditioner frozen (on the
+    same Hessian, and as the control on a fresh eigenbasis), by step. ``curves`` holds the variants' names in its
+    ``optimizer`` column; ``column`` is "loss" (with the Newton line) or "hessian_error"."""
     is_loss = column == "loss"
     return learning_curves(
         curves,
         path,
         "step",
         milestone,
-        order=["LODO on the fly", "pretrained LODO"],
+        order=variants,
         clip=(0, 40) if is_loss else None,
         newton=newton if is_loss else None,
         title=title,
@@ -224,37 +323,55 @@ def sweep(
     path: str | Path,
     lodo_std: float | None = None,
     title: str = "",
-) -> Path:
-    """Reference §7.3: the final-10%-window loss of each sweep run against its parameter value, with error bars
-    ±(std across the main LODO runs) and a grey band of ± std(window losses)/(count − 1) (the authors' formula)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+) -> Path | None:
+    """Reference §7.3: the final-10%-window loss against the swept value. With several seeds per value, the point is
+    their mean and the error bar their std (each point its own); with one, the authors' plot: error bars ±(std across
+    the main LODO runs) and a grey band of ± std(window losses)/(count − 1)."""
     points = []
-    for run in runs.sort_values("sweep_r").to_dict("records"):
-        rows = curves[curves["run_dir"] == run["run_dir"]]
-        milestone = run["milestone_steps"]
-        window = rows[(rows["step"] > 0.9 * milestone) & (rows["step"] <= milestone)]["loss"].to_numpy(dtype=float)
-        value = run.get(f"hp.{parameter}", np.nan)
-        spread = float(np.std(window) / (len(window) - 1)) if len(window) > 1 else 0.0
-        points.append((value, float(np.mean(window)) if len(window) else np.nan, spread))
-    if points:
-        xs, ys, spreads = (np.array(v, dtype=float) for v in zip(*points))
+    for value, group in runs.groupby(f"hp.{parameter}", sort=True):
+        windows, spreads = [], []
+        for run in group.to_dict("records"):
+            rows = curves[curves["run_dir"] == run["run_dir"]]
+            milestone = run["milestone_steps"]
+            window = rows[(rows["step"] > 0.9 * milestone) & (rows["step"] <= milestone)]["loss"].to_numpy(dtype=float)
+            if len(window):
+                windows.append(float(np.mean(window)))
+                spreads.append(float(np.std(window) / (len(window) - 1)) if len(window) > 1 else 0.0)
+        if windows:
+            points.append((float(value), np.mean(windows), np.std(windows), np.mean(spreads), len(windows)))
+    if not points:
+        return None
+    xs, ys, seed_std, spreads, counts = (np.array(v, dtype=float) for v in zip(*points))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if counts.min() > 1:
+        ax.errorbar(
+            xs, ys, yerr=seed_std, color="black", capsize=5, marker="o", markersize=3, label="mean ± std over seeds"
+        )
+    else:
         ax.fill_between(xs, ys - spreads, ys + spreads, color="0.8")
         errors = None if lodo_std is None or not np.isfinite(lodo_std) else np.full_like(ys, lodo_std)
         ax.errorbar(xs, ys, yerr=errors, color="black", capsize=5, marker="o", markersize=3)
     ax.set_xlabel(parameter)
-    ax.set_ylabel("loss")
+    ax.set_ylabel("final-window training loss")
     ax.grid(True)
     ax.set_title(title, fontsize=9)
     return save(fig, path)
 
 
-def sample_grid(runs: pd.DataFrame, path: str | Path, order: list[str] | None = None, title: str = "") -> Path | None:
-    """The generated digits (the task's samples.png) of each optimizer's lowest-seed run, side by side."""
+def sample_grid(
+    runs: pd.DataFrame,
+    path: str | Path,
+    order: list[str] | None = None,
+    title: str = "",
+    filename: str = "samples.png",
+) -> Path | None:
+    """A picture each run drew (``filename`` in its folder: the generated digits, the 5-channel input) of each
+    optimizer's lowest-seed run, side by side; None if no run has one."""
     images = []
     for name in order or list(dict.fromkeys(runs["optimizer"])):
         group = runs[runs["optimizer"] == name].sort_values("seed")
         for run in group.itertuples():
-            png = Path(run.run_dir) / "samples.png"
+            png = Path(run.run_dir) / filename
             if png.exists():
                 images.append((name, plt.imread(png)))
                 break
@@ -273,18 +390,28 @@ def sample_grid(runs: pd.DataFrame, path: str | Path, order: list[str] | None = 
 
 
 def tuning_spread(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Each optimizer's check loss for each tuning seed (log y): how far repeating the tuning moves the result."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Each optimizer's check loss for each tuning seed (log y): how far repeating the tuning moves the result. The
+    tuning seed is the marker (legend), so no text sits on the points; optimizer names are slanted to stay apart."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * table["optimizer"].nunique() + 2), 4.5))
     names = list(dict.fromkeys(table["optimizer"]))
-    for i, name in enumerate(names):
-        group = table[table["optimizer"] == name]
-        ax.scatter(np.full(len(group), i), group["check_loss"], color=colour(name), s=40, zorder=3)
-        for row in group.itertuples():
-            ax.annotate(
-                f"seed {row.tune_seed}", (i, row.check_loss), fontsize=7, xytext=(5, 0), textcoords="offset points"
+    seeds = sorted(table["tune_seed"].unique())
+    for j, seed in enumerate(seeds):
+        for i, name in enumerate(names):
+            group = table[(table["optimizer"] == name) & (table["tune_seed"] == seed)]
+            ax.scatter(
+                np.full(len(group), i + 0.08 * (j - (len(seeds) - 1) / 2)),
+                group["check_loss"],
+                color=colour(name),
+                marker=MARKERS[j % len(MARKERS)],
+                s=40,
+                zorder=3,
+                edgecolor="black",
+                linewidth=0.5,
+                label=f"tuning seed {seed}" if i == 0 else None,
             )
-    ax.set_xticks(range(len(names)), [label(n) for n in names])
-    _style(ax, "optimizer", "loss of the tuned values", log_y=True)
+    ax.set_xticks(range(len(names)), [label(n) for n in names], rotation=30, ha="right")
+    _style(ax, "optimizer", "check loss of the tuned values", log_y=True)
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
     return save(fig, path)
 
@@ -292,6 +419,7 @@ def tuning_spread(table: pd.DataFrame, path: str | Path, title: str = "") -> Pat
 __all__ = [
     "colour",
     "frozen_vs_on_the_fly",
+    "hessian_error",
     "label",
     "learning_curves",
     "rosenbrock_trajectories",

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `experiments` package importable
 
-from experiments.report import EXPERIMENTS  # noqa: E402 - one list of experiments for the driver and the report
+from experiments.catalog import EXPERIMENTS  # noqa: E402 - one list of experiments for the driver and the report
+from lodo.records import is_complete  # noqa: E402
 
 
 def sweep_size(experiment: str, scale: str) -> tuple[int, list[str]]:
@@ -42,7 +43,7 @@ def sweep_size(experiment: str, scale: str) -> tuple[int, list[str]]:
 
 
 def count_finished(folder: Path) -> int:
-    return sum(1 for _ in folder.glob("*/summary.json")) if folder.exists() else 0
+    return sum(1 for run in folder.glob("*/") if is_complete(run)) if folder.exists() else 0
 
 
 def run_sweep(command: list[str], folder: Path, total: int, label: str, log) -> int:
@@ -61,11 +62,17 @@ def run_sweep(command: list[str], folder: Path, total: int, label: str, log) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/reproduce.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
-    parser.add_argument("--experiments", nargs="+", default=EXPERIMENTS, choices=EXPERIMENTS)
+    parser.add_argument(
+        "--experiments", nargs="+", default=EXPERIMENTS, help="a subset, by name (space- or comma-separated)"
+    )
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local (2 processes), basic, slurm")
     parser.add_argument("--logger", default="wandb", help="logger=wandb (offline mirror) or none")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the plotting stage")
     args = parser.parse_args(argv)
+    args.experiments = [name for item in args.experiments for name in item.split(",") if name]  # EXPERIMENTS=a,b
+    unknown = sorted(set(args.experiments) - set(EXPERIMENTS))
+    if unknown:
+        parser.error(f"unknown experiments {unknown}; choose from {EXPERIMENTS}")
 
     out = ROOT / "results" / args.scale
     out.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def smoke_run(experiment: str, job: dict, runs_dir: Path) -> dict:
 @pytest.mark.parametrize("experiment,job", smoke_cases())
 def test_every_experiment_runs_at_smoke_scale(experiment, job, runs_dir):
     if experiment == "quadratic_frozen":  # needs the noisy_quadratic LODO run's final state
-        smoke_run("noisy_quadratic", {"optimizer": "lodo", "seed": job["seed"]}, runs_dir)
+        smoke_run("noisy_quadratic", {"optimizer": "lodo", "seed": job["pretrain_seed"]}, runs_dir)
     summary, run_dir = smoke_run(experiment, job, runs_dir)
     assert summary["status"] in ("completed", "diverged")
     assert is_complete(run_dir) and (run_dir / "metrics.csv").exists()
@@ -119,7 +119,7 @@ def test_paper_scale_budgets_are_the_papers():
         10_000,
     )
     frozen = config("+experiment=quadratic_frozen", "scale=paper", hydra=True)
-    assert frozen.steps == 100_000 and frozen.hydra.sweeper.params.seed == "0,1,2"
+    assert frozen.steps == 100_000 and frozen.hydra.sweeper.params.pretrain_seed == "0,1,2"
 
 
 @pytest.mark.parametrize("scale", ["smoke", "default", "paper"])
@@ -129,6 +129,37 @@ def test_every_experiment_composes_at_every_scale(experiment, scale):
     assert cfg.experiment == experiment and cfg.scale == scale
     assert cfg.hydra.sweep.dir == f"runs/{scale}/{experiment}"
     assert isinstance(cfg.steps, int) and cfg.steps > 0
+
+
+def test_the_frozen_control_meets_a_fresh_eigenbasis_with_the_same_learned_preconditioner():
+    same = config("+experiment=quadratic_frozen", "pretrain_seed=2")
+    fresh = config("+experiment=quadratic_frozen", "pretrain_seed=2", "fresh_basis=1000")
+    assert same.seed == 2 and fresh.seed == 1002  # the task's seed draws the eigenbasis
+    assert same.preconditioner_checkpoint == fresh.preconditioner_checkpoint  # the θ learned on seed 2's bowl
+    assert "seed=2/optimizer.pt" in fresh.preconditioner_checkpoint
+
+
+def test_the_driver_and_the_report_read_one_experiment_list():
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # experiments/ is a top-level folder, not installed
+    from experiments.catalog import EXPERIMENTS as listed
+
+    assert sorted(listed) == sorted(EXPERIMENTS)  # every config is run and reported, and nothing else
+    driver = (ROOT / "scripts" / "reproduce.py").read_text()
+    assert "from experiments.report" not in driver and "import experiments.report" not in driver  # no plotting
+
+
+def test_experiments_share_one_base_and_the_mnist_sweeps_one_sweep_base():
+    for path in (CONFIGS / "experiment").glob("*.yaml"):
+        text = path.read_text()
+        assert "/experiment_base/" in text, path.name
+        assert "runs_dir:" not in text and "sweep:\n    dir" not in text, path.name  # only in the base
+    for name in ("mnist_beta", "mnist_depth", "mnist_block_size"):
+        assert "- /experiment_base/mnist_sweep" in (CONFIGS / "experiment" / f"{name}.yaml").read_text()
+        cfg = config(f"+experiment={name}", "scale=default", hydra=True)
+        assert cfg.budget == "mnist_sweeps" and cfg.hydra.sweeper.params.sweep_r == "0,1,2,3,4,5,6,7"
+        assert cfg.steps == cfg.budgets.mnist_sweeps.steps and cfg.save_artifacts is False
 
 
 def test_sweep_values_follow_spec_section_2():

@@ -12,7 +12,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # experiments/ is a top-level folder, not installed
 from experiments import figures, report  # noqa: E402
-from experiments.aggregate import binned_curve, comparison_table, load_curves, load_runs  # noqa: E402
+from experiments.aggregate import (  # noqa: E402
+    binned_curve,
+    comparison_table,
+    load_curves,
+    load_runs,
+    load_tuning,
+    metric_ends,
+)
 
 
 def write_run(
@@ -110,6 +117,17 @@ def records(tmp_path):
                 10 + 5 / steps,
                 {"hessian_error": error} if error is not None else None,
                 task=quadratic,
+                summary_extra={
+                    "provenance": {
+                        "tuned": {
+                            "path": f"configs/tuned/noisy_quadratic/{optimizer}.yaml",
+                            "sha256": "abcdef0123456789",
+                        },
+                        "newton_floor": 2.5,
+                        "preconditioner_checkpoint": None,
+                    },
+                    "hessian_reference": {"start": 0.96, "best_scalar": 0.85, "best_diagonal": 0.84},
+                },
             )
     for seed in (0, 1):
         write_run(
@@ -162,6 +180,44 @@ def test_load_runs_and_the_tidy_curve_table(records):
     curves = load_curves(runs[runs["experiment"] == "rosenbrock"])
     assert {"run_dir", "experiment", "optimizer", "seed", "step", "time", "loss", "x", "y"} <= set(curves.columns)
     assert len(curves) == 4 * 100 + 11
+    quadratic = runs[runs["experiment"] == "noisy_quadratic"]
+    assert quadratic["has_provenance"].all() and quadratic["newton_floor"].notna().all()
+    assert not runs[runs["experiment"] == "rosenbrock"]["has_provenance"].any()  # old records: source unknown
+
+
+def test_an_unreadable_record_is_skipped_with_a_warning_naming_it(records):
+    root = records / "runs" / "smoke"
+    broken = write_run(root, "rosenbrock", "yogi", 0, [1.0] * 10)
+    (broken / "summary.json").write_text('{"status": "compl')  # cut off mid-write
+    truncated = write_run(root, "rosenbrock", "rmsprop", 0, [1.0] * 10)
+    with open(truncated / "metrics.csv", "a") as f:
+        f.write("11,11,0.11")  # a last row without its loss and newline
+    garbage = write_run(root, "rosenbrock", "lars", 0, [1.0] * 10)
+    (garbage / "metrics.csv").write_bytes(b"\x00\xff\xfe garbage")
+    with pytest.warns(UserWarning) as caught:
+        runs = load_runs(root)
+        curves = load_curves(runs)
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(broken) in messages and str(truncated / "metrics.csv") in messages and str(garbage) in messages
+    assert "yogi" not in set(runs["optimizer"])
+    kept = curves[curves["optimizer"] == "rmsprop"]
+    assert len(kept) == 10 and kept["loss"].notna().all()  # the cut row is dropped, not read as a divergence
+    assert "lars" not in set(curves["optimizer"])
+
+
+def test_a_divergence_counts_only_against_the_milestones_it_happened_by(tmp_path):
+    root = tmp_path / "runs"
+    late = [1.0] * 14 + [math.nan]  # diverged at step 15, after the step milestone 10
+    write_run(root, "x", "late", 0, late, status="diverged", steps=10, time_limit=1.0)
+    write_run(root, "x", "early", 0, [1.0] * 4 + [math.nan], status="diverged", steps=10)
+    write_run(root, "x", "told", 0, late, status="diverged", steps=10, summary_extra={"diverged_at_steps": True})
+    runs = load_runs(root).set_index("optimizer")
+    assert runs.loc["late", "diverged_at_steps"] is False or not runs.loc["late", "diverged_at_steps"]
+    assert runs.loc["late", "diverged_at_time"]  # by the time milestone (1 s = step 100) it had diverged
+    assert runs.loc["early", "diverged_at_steps"] and runs.loc["told", "diverged_at_steps"]
+    table = comparison_table(runs.reset_index()).set_index("optimizer")
+    assert table.loc["late", "diverged_at_steps"] == "0/1" and table.loc["late", "loss_at_steps_mean"] == 1.0
+    assert table.loc["early", "diverged_at_steps"] == "1/1"
 
 
 def test_comparison_table_is_the_papers_statistic(records):
@@ -199,6 +255,127 @@ def test_colours_follow_reference_8_4():
     assert figures.colour("olbfgs") == (0.8, 0.8, 0) and figures.colour("lbfgs_no_line_search") == (0, 0.4, 0)
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures as drawn: each saved figure's axes, captured before it is written and closed."""
+    figures_drawn = []
+    save = figures.save
+
+    def capture(fig, path):
+        figures_drawn.append(fig.axes[0])
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save", capture)
+    return figures_drawn
+
+
+def series(ax) -> list:
+    """The labelled data lines of an axes (not reference lines or markers without a label)."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_ten_or_more_curves_differ_in_line_style_and_marker(drawn, tmp_path):
+    names = [n for n in figures.LABELS][:12]
+    rows = [
+        {"run_dir": f"{n}{s}", "optimizer": n, "seed": s, "step": t, "loss": 1 + i + s / 10 + 1 / t}
+        for i, n in enumerate(names)
+        for s in (0, 1)
+        for t in range(1, 51)
+    ]
+    assert figures.learning_curves(pd.DataFrame(rows), tmp_path / "many", "step", 50, names) is not None
+    lines = series(drawn[-1])
+    assert len(lines) == 12
+    assert len({(str(line.get_linestyle()), line.get_marker()) for line in lines}) == 12
+    assert [line.get_label().split(" (")[0] for line in lines] == [figures.label(n) for n in names]
+
+
+def test_a_clipped_curve_says_so_and_an_empty_figure_is_not_drawn(drawn, tmp_path):
+    rows = [{"run_dir": "a", "optimizer": "bfgs", "seed": 0, "step": t, "loss": 1e4} for t in range(1, 21)]
+    rows += [{"run_dir": "b", "optimizer": "adam", "seed": 0, "step": t, "loss": 10.0} for t in range(1, 21)]
+    figures.learning_curves(pd.DataFrame(rows), tmp_path / "clip", "step", 20, clip=(0, 40), newton=7.4)
+    labels = [line.get_label() for line in series(drawn[-1])]
+    assert any("BFGS" in t and "clipped" in t for t in labels) and not any("Adam" in t and "clip" in t for t in labels)
+    assert any("Newton" in t for t in labels)
+    empty = pd.DataFrame(rows).assign(validation_loss=math.nan)
+    assert figures.learning_curves(empty, tmp_path / "none", "step", 20, column="validation_loss") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_a_metric_recorded_only_at_the_milestone_is_still_drawn(drawn, tmp_path):
+    rows = [{"run_dir": "a", "optimizer": "adam", "seed": 0, "step": t, "loss": 1.0} for t in range(1, 21)]
+    frame = pd.DataFrame(rows).assign(validation_loss=lambda f: np.where(f["step"] == 20, 3.0, np.nan))
+    figures.learning_curves(frame, tmp_path / "val", "step", 20, column="validation_loss")
+    (line,) = series(drawn[-1])
+    assert list(line.get_ydata()) == [3.0] and line.get_marker() not in ("", "None", None)
+
+
+def test_the_hessian_error_figure_starts_at_step_0_on_a_log_axis_with_references(drawn, tmp_path):
+    rows = [
+        {"run_dir": f"r{s}", "optimizer": o, "seed": s, "step": t, "hessian_error": 0.96 - 0.01 * np.log1p(t)}
+        for o in ("lodo", "lodo_diagonal")
+        for s in (0, 1)
+        for t in (0, 10, 100, 1000)
+    ]
+    refs = {"G = α₀I (LODO's start)": 0.962, "best scalar G = cI": 0.845, "best diagonal G": 0.842}
+    figures.hessian_error(pd.DataFrame(rows), tmp_path / "h", ["lodo", "lodo_diagonal"], refs, 1000)
+    ax = drawn[-1]
+    assert ax.get_xscale() == "symlog"
+    assert min(series(ax)[0].get_xdata()) == 0  # step 0 is drawn
+    labels = [line.get_label() for line in series(ax)]
+    assert len([t for t in labels if "runs)" in t]) == 2
+    for text in ("best scalar", "best diagonal", "α₀I", "G = H⁻¹"):
+        assert any(text in t for t in labels), text
+    assert figures.hessian_error(pd.DataFrame({"optimizer": ["lodo"]}), tmp_path / "none") is None
+
+
+def test_rosenbrock_trajectories_stay_on_the_map(drawn, tmp_path):
+    rows = [{"run_dir": "a", "optimizer": "adam", "seed": 0, "step": t, "x": 2.5 * t / 10, "y": 1.0} for t in range(11)]
+    rows += [{"run_dir": "b", "optimizer": "lodo", "seed": 0, "step": t, "x": 100.0 * t, "y": 1.0} for t in range(11)]
+    figures.rosenbrock_trajectories(pd.DataFrame(rows), tmp_path / "traj")
+    ax = drawn[-1]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x1 >= 2.5  # widened to hold Adam's whole trajectory
+    labels = {line.get_label(): line for line in series(ax)}
+    assert "Adam" in labels and any("LODO" in t and "clipped" in t for t in labels)
+    for line in labels.values():
+        assert x0 <= min(line.get_xdata()) and max(line.get_xdata()) <= x1
+        assert y0 <= min(line.get_ydata()) and max(line.get_ydata()) <= y1
+
+
+def test_a_sweep_with_several_seeds_gives_each_point_its_own_error_bar(drawn, tmp_path):
+    runs, rows = [], []
+    for r in range(4):
+        for seed in (0, 1, 2):
+            run_dir = f"r{r}s{seed}"
+            runs.append({"run_dir": run_dir, "hp.depth": 4 * r, "milestone_steps": 10, "seed": seed, "sweep_r": r})
+            rows += [{"run_dir": run_dir, "step": t, "loss": 1.0 + r + seed} for t in range(1, 11)]
+    figures.sweep(pd.DataFrame(runs), pd.DataFrame(rows), "depth", tmp_path / "sweep")
+    ax = drawn[-1]
+    (bar,) = ax.containers
+    line = bar.lines[0]
+    assert bar.get_label() == "mean ± std over seeds" and list(line.get_xdata()) == [0, 4, 8, 12]
+    assert list(line.get_ydata()) == pytest.approx([2.0, 3.0, 4.0, 5.0])
+    (bars,) = [c for c in ax.collections if len(c.get_segments()) == 4]  # one error bar per point
+    assert [s[1][1] - s[0][1] for s in bars.get_segments()] == pytest.approx([2 * np.std([0, 1, 2])] * 4)
+
+
+def test_tuning_spread_labels_are_readable(drawn, tmp_path):
+    spread = pd.DataFrame(
+        {
+            "optimizer": ["adam", "adam", "lodo", "lbfgs_no_line_search"],
+            "tune_seed": [0, 1, 0, 1],
+            "check_loss": [1e-4, 1e-3, 1e-2, 1e-3],
+        }
+    )
+    figures.tuning_spread(spread, tmp_path / "spread")
+    ax = drawn[-1]
+    ticks = ax.get_xticklabels()
+    assert [t.get_text() for t in ticks] == ["Adam", "LODO", "L-BFGS-no-line-search"]
+    assert all(t.get_rotation() == 30 for t in ticks)
+    assert ax.get_yscale() == "log" and not ax.texts  # seeds in the legend, not as text on the points
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"tuning seed 0", "tuning seed 1"}
+
+
 def test_every_figure_function_writes_png_and_pdf(records, tmp_path):
     root = records / "runs" / "smoke"
     runs = load_runs(root)
@@ -213,21 +390,27 @@ def test_every_figure_function_writes_png_and_pdf(records, tmp_path):
     made(figures.learning_curves(curves, out / "by_time", "time", 0.5))
     made(figures.rosenbrock_trajectories(curves, out / "trajectories"))
     quad = load_curves(runs[runs["experiment"] == "noisy_quadratic"])
-    made(figures.learning_curves(quad[quad.optimizer == "lodo"], out / "hessian", "step", 100, column="hessian_error"))
+    made(figures.hessian_error(quad, out / "hessian", ["lodo"], {"best diagonal G": 0.5}, 100))
     frozen = load_curves(runs[runs["experiment"] == "quadratic_frozen"])
-    made(figures.frozen_vs_on_the_fly(quad[quad.optimizer == "lodo"], frozen, out / "frozen", newton=7.4))
+    both = pd.concat(
+        [
+            quad[quad.optimizer == "lodo"].assign(optimizer="LODO on the fly"),
+            frozen.assign(optimizer="frozen θ, same Hessian"),
+        ]
+    )
+    made(figures.frozen_vs_on_the_fly(both, out / "frozen", ["LODO on the fly", "frozen θ, same Hessian"], newton=7.4))
     sweep_runs = runs[runs["experiment"] == "mnist_depth"]
     made(figures.sweep(sweep_runs, load_curves(sweep_runs), "depth", out / "depth", lodo_std=0.1))
     made(figures.sample_grid(runs[runs["experiment"] == "mnist"], out / "samples"))
-    spread = pd.DataFrame(
-        {"optimizer": ["adam", "adam", "lodo"], "tune_seed": [0, 1, 0], "check_loss": [1e-4, 1e-3, 1e-2]}
-    )
-    made(figures.tuning_spread(spread, out / "spread"))
 
 
-def test_the_report_has_every_table_and_figure(records, tmp_path):
+def test_the_report_has_every_table_figure_and_claim(records, tmp_path):
     out = tmp_path / "results"
-    path = report.build("smoke", records / "runs", out, wandb=False, timings={"rosenbrock": 1.0})
+    bench = tmp_path / "bench.csv"
+    pd.DataFrame({"case": ["cnn"], "optimizer": ["lodo"], "step_ratio_to_adam": [1.05]}).to_csv(bench, index=False)
+    path = report.build(
+        "smoke", records / "runs", out, wandb=False, timings={"rosenbrock": 1.0}, bench=bench, tuning=tmp_path / "none"
+    )
     text = path.read_text()
     for experiment in ("rosenbrock", "noisy_quadratic", "quadratic_frozen", "mnist", "mnist_depth"):
         assert f"## Experiment `{experiment}`" in text
@@ -244,8 +427,47 @@ def test_the_report_has_every_table_and_figure(records, tmp_path):
         assert (out / f"{figure}.png").exists() and (out / f"{figure}.pdf").exists(), figure
         assert f"({figure}.png)" in text
     assert "read off its figure" in text and "Missing" in text and "mnist_beta" in text
-    newton = report.newton_line(str(next((records / "runs" / "smoke" / "noisy_quadratic").iterdir())))
-    eigenvalues = np.logspace(-3, 0, 10)
-    assert newton == pytest.approx(eigenvalues.sum() / 2)
-    assert f"{newton:.6g}" in text
+    verdicts = pd.read_csv(out / "claims.csv")
+    assert list(verdicts["claim"].astype(str)) == ["1a", "1b", "2", "2", "3", "4"]
+    assert "**Claim 3** (results/bench (CNN, batch 256)): **agrees**" in text
+    by_claim = verdicts.groupby("claim")["verdict"].apply(list).to_dict()
+    assert by_claim["1a"] == ["inconclusive at this budget"]  # LODO and Adam have the same losses here
+    assert by_claim["1b"] == ["agrees"]  # final error 0.1 on disk, best diagonal 0.84 in the records
+    assert by_claim["4"] == ["inconclusive at this budget"]  # no tuning seed recorded: "every" is untested
+    assert "Newton floor ½σ² tr H: 2.5" in text  # from the records' provenance, not a rebuilt task
+    assert report.UNKNOWN in text  # the Rosenbrock records predate provenance
+    assert "`configs/tuned/noisy_quadratic/adam.yaml` (sha256 abcdef012345…)" in text
     assert (out / "runs.csv").exists()
+
+
+def test_the_report_survives_unreadable_records(records, tmp_path):
+    root = records / "runs" / "smoke"
+    (next((root / "mnist").iterdir()) / "summary.json").write_text("{not json")
+    (next((root / "noisy_quadratic").iterdir()) / "metrics.csv").write_bytes(b"\xff\xfe\x00")
+    with pytest.warns(UserWarning, match="skipping unreadable run record"):
+        path = report.build("smoke", records / "runs", tmp_path / "results", wandb=False, tuning=tmp_path / "none")
+    assert "## Experiment `mnist`" in path.read_text()
+
+
+def test_hessian_error_ends_use_only_records_up_to_the_step_milestone(tmp_path):
+    rows = [{"run_dir": "a", "step": s, "hessian_error": 1.0 - s / 1000} for s in (0, 100, 200, 300)]
+    runs = pd.DataFrame({"run_dir": ["a", "b"], "milestone_steps": [200, 200]})
+    ends = metric_ends(runs, pd.DataFrame(rows)).set_index("run_dir")
+    assert ends.loc["a", "first_hessian_error"] == 1.0 and ends.loc["a", "final_hessian_error"] == 0.8
+    assert math.isnan(ends.loc["b", "final_hessian_error"])  # never recorded
+
+
+def test_tuning_histories_load_and_an_unreadable_one_is_skipped(tmp_path):
+    (tmp_path / "rosenbrock").mkdir()
+    history = {
+        "task": "rosenbrock",
+        "optimizer": "adam",
+        "schedule": {"sigma": [3, 2], "steps": [200, 200], "samples": 32},
+        "results": {"0": {"tuned": {"lr": 0.1}, "check_loss": 1e-4}, "1": {"tuned": {"lr": 0.2}, "check_loss": 2e-4}},
+    }
+    (tmp_path / "rosenbrock" / "adam.json").write_text(json.dumps(history))
+    (tmp_path / "rosenbrock" / "lodo.json").write_text('{"task": "rosenbrock", "resu')
+    with pytest.warns(UserWarning, match="lodo.json"):
+        table = load_tuning(tmp_path)
+    assert table["tune_seed"].tolist() == [0, 1] and table["horizon"].tolist() == [200, 200]
+    assert table["tuned.lr"].tolist() == [0.1, 0.2]
