@@ -21,7 +21,7 @@ import pandas as pd
 
 from experiments import claims, figures
 from experiments.aggregate import load_bench, load_curves, load_runs, load_tuning, metric_ends
-from experiments.catalog import EXPERIMENTS
+from experiments.catalog import EXPERIMENTS, PAPER_SCALE_ONLY, experiments_at
 from experiments.sections import REPORTERS, UNKNOWN, Section, fmt, to_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def build(
     for experiment in [*EXPERIMENTS, *(e for e in REPORTERS if e not in EXPERIMENTS)]:
         runs = all_runs[all_runs["experiment"] == experiment] if not all_runs.empty else all_runs
         if runs.empty:
-            if experiment in EXPERIMENTS:
+            if experiment in experiments_at(scale):
                 missing.append(experiment)
             continue
         curves = load_curves(runs)
@@ -207,6 +207,11 @@ def render(scale, runs, sections, missing, verdicts, out, tuning_table, timings)
         lines += [f"{name}: {value}" for name, value in budgets.items()] + ["```", ""]
     if missing:
         lines.append("\n**Missing (no run records at this scale):** " + ", ".join(missing) + "\n")
+    if scale not in ("paper", "smoke"):
+        lines.append(
+            "\n**Run at `scale=paper` only:** " + ", ".join(PAPER_SCALE_ONLY) + " (the LODO sweeps on MNIST; at this "
+            "scale the same sweeps run on the noisy quadratic, with several seeds per point).\n"
+        )
     lines += claims_section(verdicts, out)
     if not runs.empty:
         lines += provenance(runs)

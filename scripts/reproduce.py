@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: make the repository's `experiments` package importable
 
-from experiments.catalog import EXPERIMENTS  # noqa: E402 - one list of experiments for the driver and the report
+from experiments.catalog import EXPERIMENTS, experiments_at  # noqa: E402 - one list of experiments for the driver and the report
 from lodo.records import is_complete  # noqa: E402
 
 
@@ -63,12 +63,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/reproduce.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
     parser.add_argument(
-        "--experiments", nargs="+", default=EXPERIMENTS, help="a subset, by name (space- or comma-separated)"
+        "--experiments", nargs="+", help="a subset, by name (space- or comma-separated); default: all at this scale"
     )
     parser.add_argument("--launcher", default="local", help="hydra/launcher: local (2 processes), basic, slurm")
     parser.add_argument("--logger", default="wandb", help="logger=wandb (offline mirror) or none")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the plotting stage")
     args = parser.parse_args(argv)
+    args.experiments = args.experiments or experiments_at(args.scale)
     args.experiments = [name for item in args.experiments for name in item.split(",") if name]  # EXPERIMENTS=a,b
     unknown = sorted(set(args.experiments) - set(EXPERIMENTS))
     if unknown:
