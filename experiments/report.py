@@ -64,6 +64,12 @@ def tuning_section(table: pd.DataFrame, out: Path) -> list[str]:
     return lines
 
 
+def shown_path(path: str) -> str:
+    """A recorded file path from ``configs/`` on (records made before paths were stored relative to the repository
+    hold the absolute path of the checkout that ran them)."""
+    return path[path.find("configs/") :] if "configs/" in path else path
+
+
 def provenance(runs: pd.DataFrame) -> list[str]:
     """Where each (experiment, optimizer)'s hyperparameters came from, as its run records say."""
     rows = []
@@ -71,7 +77,11 @@ def provenance(runs: pd.DataFrame) -> list[str]:
         if not group["has_provenance"].all():
             source = UNKNOWN
         else:
-            files = {(p, (h or "")[:12]) for p, h in zip(group["tuned_path"], group["tuned_sha256"]) if p}
+            files = {
+                (shown_path(p), str(h)[:12])
+                for p, h in zip(group["tuned_path"], group["tuned_sha256"])
+                if isinstance(p, str)  # NaN in the table where a run used no tuned file
+            }
             source = (
                 "; ".join(f"`{p}` (sha256 {h}…)" for p, h in sorted(files)) or "generation-0 defaults (no tuned file)"
             )

@@ -185,11 +185,14 @@ def save_artifacts(task, run_dir: Path) -> dict[str, str]:
 
 # --- provenance -----------------------------------------------------------------------------------------------------
 
-TUNED = Path(__file__).resolve().parent.parent / "configs" / "tuned"
+ROOT = Path(__file__).resolve().parent.parent
+TUNED = ROOT / "configs" / "tuned"
 
 
 def _file_record(path: Path) -> dict:
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    """A file's path (relative to the repository where it lies inside it) and the SHA-256 of its content."""
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    return {"path": str(shown), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def provenance(cfg: DictConfig, task) -> dict:

@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    # an earlier run's times are kept (a resumed reproduction), except for experiments this scale no longer runs
+    timings = {k: v for k, v in timings.items() if k in {*experiments_at(args.scale), *args.experiments, "report"}}
     failures = []
     started = time.perf_counter()
     with open(log_path, "a") as log:

@@ -129,6 +129,15 @@ def records(tmp_path):
                     "hessian_reference": {"start": 0.96, "best_scalar": 0.85, "best_diagonal": 0.84},
                 },
             )
+    write_run(  # generation-0 defaults: no tuned file in its provenance (NaN in the tidy table)
+        root,
+        "noisy_quadratic",
+        "lodo_diagonal",
+        0,
+        12 + 5 / steps,
+        task=quadratic,
+        summary_extra={"provenance": {"tuned": None, "newton_floor": 2.5, "preconditioner_checkpoint": None}},
+    )
     for seed in (0, 1):
         write_run(
             root,
@@ -172,7 +181,7 @@ def records(tmp_path):
 
 def test_load_runs_and_the_tidy_curve_table(records):
     runs = load_runs(records / "runs" / "smoke")
-    assert len(runs) == 5 + 4 + 2 + 6 + 8
+    assert len(runs) == 5 + 5 + 2 + 6 + 8
     assert set(runs["experiment"]) == {"rosenbrock", "noisy_quadratic", "quadratic_frozen", "mnist", "mnist_depth"}
     assert runs[runs["experiment"] == "mnist_depth"].sort_values("sweep_r")["hp.depth"].tolist() == [
         4 * r for r in range(8)

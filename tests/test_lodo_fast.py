@@ -68,19 +68,27 @@ def assert_same_state(optimizer: LODO, reference: ReferenceLODO, params, referen
     [(16, 4, torch.float64), (3, 3, torch.float64), (5, 1, torch.float64), (16, 4, torch.float32)],
 )
 def test_matches_the_reference_bitwise_on_a_noisy_quadratic(depth, block_size, dtype):
+    optimizer, reference, task, twin, initial = train_beside_reference(depth, block_size, dtype, backend="torch")
+    assert_same_state(optimizer, reference, task.parameters(), twin.parameters())
+    assert not torch.equal(optimizer.preconditioner.blocks[0], initial)  # θ has been learning
+
+
+def train_beside_reference(depth: int, block_size: int, dtype: torch.dtype, backend: str, steps: int = 20):
+    """LODO on ``backend`` and :class:`ReferenceLODO`, ``steps`` steps each on twin noisy quadratics (n = 30), fed
+    the same batches; returns both optimizers, both tasks and LODO's first-layer blocks before training."""
     task, twin = (NoisyQuadratic(n=30, min_eigenvalue=0.01, seed=3, dtype=dtype) for _ in range(2))
     hparams = dict(lr=0.3, meta_lr=1e-2, beta=0.5)
-    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, backend="torch", **hparams)
+    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, backend=backend, **hparams)
+    assert optimizer.backend == backend
     reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
     initial = optimizer.preconditioner.blocks[0].detach().clone()
-    for _ in range(20):
+    for _ in range(steps):
         batch = task.sample_batch()
         for t, opt in ((task, optimizer), (twin, reference)):
             t.x.grad = None
             t.loss(batch).backward()
             opt.step()
-    assert_same_state(optimizer, reference, task.parameters(), twin.parameters())
-    assert not torch.equal(optimizer.preconditioner.blocks[0], initial)  # θ has been learning
+    return optimizer, reference, task, twin, initial
 
 
 def test_matches_the_reference_bitwise_on_a_module():

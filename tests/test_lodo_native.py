@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from test_lodo_fast import ReferenceLODO, layer_by_layer
+from test_lodo_fast import layer_by_layer, train_beside_reference
 
 from lodo import LODO
 from lodo.optim import native
@@ -43,18 +43,7 @@ def train(task, optimizer, steps: int = 20) -> None:
     + [(16, 4, torch.float32)],
 )
 def test_native_step_matches_the_reference_to_round_off(depth, block_size, dtype):
-    task, twin = (NoisyQuadratic(n=30, min_eigenvalue=0.01, seed=3, dtype=dtype) for _ in range(2))
-    hparams = dict(lr=0.3, meta_lr=1e-2, beta=0.5)
-    optimizer = LODO(task.parameters(), depth=depth, block_size=block_size, seed=0, backend="native", **hparams)
-    assert optimizer.backend == "native"
-    reference = ReferenceLODO(twin.parameters(), optimizer, **hparams)
-    initial = optimizer.preconditioner.blocks[0].detach().clone()
-    for _ in range(20):
-        batch = task.sample_batch()
-        for t, opt in ((task, optimizer), (twin, reference)):
-            t.x.grad = None
-            t.loss(batch).backward()
-            opt.step()
+    optimizer, reference, task, twin, initial = train_beside_reference(depth, block_size, dtype, backend="native")
     assert close(task.x.detach(), twin.x.detach())
     for a, b in zip(optimizer.preconditioner.blocks, reference.blocks):
         assert close(a.detach(), b.detach())
