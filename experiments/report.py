@@ -88,6 +88,9 @@ def provenance(runs: pd.DataFrame) -> list[str]:
             seeds = sorted({int(s) for s in group["tune_seed"].dropna()})
             if seeds:
                 source += f", tuning seed(s) {', '.join(map(str, seeds))}"
+            overridden = sorted({k for keys in group["tuned_overridden"].dropna() for k in keys.split(",")})
+            if overridden:
+                source += f"; set by the experiment instead: {', '.join(overridden)}"
         rows.append({"experiment": experiment, "optimizer": figures.label(name), "hyperparameters from": source})
     return ["## Where the hyperparameters come from (run records' provenance)\n", to_markdown(pd.DataFrame(rows)), ""]
 

@@ -265,14 +265,18 @@ def environment() -> dict:
 
 
 def git_revision() -> str | None:
-    """The checkout's commit (with ``-dirty`` if it has local changes), or ``None`` outside a git checkout."""
+    """The checkout's commit (with ``-dirty`` if its code or configs have local changes), or ``None`` outside a git
+    checkout. ``results/`` is left out: `make reproduce` rewrites its outputs there while it runs."""
     root = Path(__file__).resolve().parent.parent
     try:
         revision = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

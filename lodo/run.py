@@ -198,9 +198,10 @@ def _file_record(path: Path) -> dict:
 def provenance(cfg: DictConfig, task) -> dict:
     """Where a run's inputs came from, stored in its summary so that the report never reads live repository state.
 
-    ``tuned``: the ``configs/tuned/<task>/<optimizer>.yaml`` whose values the run used (all of them equal to the
-    run's hyperparameters; ``null`` if there is none or the run overrode them), with its content hash and the tuning
-    seed its header names (``null`` for values taken from the authors' code); ``newton_floor``: the task's best
+    ``tuned``: the ``configs/tuned/<task>/<optimizer>.yaml`` whose values the run read (``null`` if there is none,
+    or if none of its values is the run's: ``~tuned@optimizer``), with its content hash, the tuning seed its header
+    names (``null`` for values taken from the authors' code) and the keys the run set otherwise (``overridden``: a
+    sweep's β, a frozen run's meta_lr); ``newton_floor``: the task's best
     expected loss where it has one (the noisy quadratic); ``preconditioner_checkpoint``: the file a frozen run's θ
     came from, with its hash.
     """
@@ -208,9 +209,11 @@ def provenance(cfg: DictConfig, task) -> dict:
     record = None
     if tuned.exists():
         values = OmegaConf.to_container(OmegaConf.load(tuned))
-        if all(cfg.optimizer.get(key) == value for key, value in values.items()):
+        overridden = sorted(key for key, value in values.items() if cfg.optimizer.get(key) != value)
+        if len(overridden) < len(values):
             seed = re.search(r"tuning seed (\d+)", tuned.read_text())
             record = {**_file_record(tuned), "tune_seed": int(seed.group(1)) if seed else None}
+            record["overridden"] = overridden
     checkpoint = cfg.get("preconditioner_checkpoint")
     return {
         "tuned": record,

@@ -219,3 +219,18 @@ def test_long_evaluations_announce_their_cost(caplog):
     ordinary = config("task=mnist_autoregression").task
     assert (paper.validation_images, paper.test_images) == (64, 10_000)  # the paper's budget at scale=paper only
     assert (ordinary.validation_images, ordinary.test_images, ordinary.samples) == (1, 1, 4)
+
+
+def test_the_summary_records_where_its_inputs_came_from(tmp_path):
+    overrides = ("task=noisy_quadratic", "task.n=10", "optimizer=lodo", "steps=4", "logger=none", "progress=false")
+    summary = execute(config(*overrides, "optimizer.beta=0.5"), tmp_path / "swept")
+    tuned = summary["provenance"]["tuned"]
+    assert tuned["path"] == "configs/tuned/noisy_quadratic/lodo.yaml" and len(tuned["sha256"]) == 64
+    assert tuned["overridden"] == ["beta"] and tuned["tune_seed"] is None  # the authors' values: no tuning seed
+    assert summary["provenance"]["newton_floor"] > 0 and summary["provenance"]["preconditioner_checkpoint"] is None
+    reference = summary["hessian_reference"]
+    assert reference["start"] > reference["best_scalar"] >= reference["best_diagonal"] > 0
+    defaults = execute(config(*overrides, "~tuned@optimizer"), tmp_path / "defaults")
+    assert defaults["provenance"]["tuned"] is None  # generation-0 defaults: no tuned file was read
+    rosenbrock = execute(config("task=rosenbrock", "optimizer=adam", "steps=4", "logger=none"), tmp_path / "r")
+    assert rosenbrock["provenance"]["tuned"]["tune_seed"] == 0 and rosenbrock["hessian_reference"] is None
