@@ -224,6 +224,7 @@ def hessian_error(
     ax.set_xscale("symlog", linthresh=1.0)
     _style(ax, "step (log scale; 0 shown)", "‖I − GH‖_F / √n")
     ax.set_ylim(bottom=-0.02)
+    ax.set_xlim(left=0)  # the symlog axis would otherwise pad into negative steps
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title, fontsize=10)
     return save(fig, path)
