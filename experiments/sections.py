@@ -291,6 +291,7 @@ def report_frozen(section: Section, runs, curves, done) -> dict:
                 "run_dir"
             )
         ]
+        windows = [w for w in windows if math.isfinite(w)]  # a diverged run is counted in `diverged`, not averaged
         checkpoints = (
             group_runs["checkpoint_sha256"].dropna().str[:12].unique() if "checkpoint_sha256" in group_runs else []
         )
@@ -298,6 +299,7 @@ def report_frozen(section: Section, runs, curves, done) -> dict:
             {
                 "variant": name,
                 "runs": len(group_runs),
+                "diverged": int((group_runs["status"] == "diverged").sum()),
                 "seeds": ",".join(map(str, sorted(group_runs["seed"].astype(int)))),
                 "loss_mean": float(np.mean(windows)) if windows else math.nan,
                 "loss_std": float(np.std(windows)) if windows else math.nan,
@@ -308,7 +310,7 @@ def report_frozen(section: Section, runs, curves, done) -> dict:
         )
     table = pd.DataFrame(rows)
     shown = table.assign(loss=[pm(m, s) for m, s in zip(table["loss_mean"], table["loss_std"])])
-    shown = shown[["variant", "runs", "seeds", "loss", "checkpoints"]].rename(
+    shown = shown[["variant", "runs", "diverged", "seeds", "loss", "checkpoints"]].rename(
         columns={"loss": "final-window loss", "checkpoints": "θ loaded (sha256 prefix)"}
     )
     section.table(

@@ -149,6 +149,17 @@ def records(tmp_path):
             task=quadratic,
             config_extra={"pretrain_seed": seed},
         )
+    write_run(  # the control: θ learned on one H, frozen, on a fresh eigenbasis (diverges)
+        root,
+        "quadratic_frozen",
+        "lodo",
+        1000,
+        [9.0] * 10 + [math.nan],
+        status="diverged",
+        steps=100,
+        task=quadratic,
+        config_extra={"pretrain_seed": 0},
+    )
     mnist = {"name": "mnist_autoregression", "metric_interval": 50}
     for optimizer in ("adam", "lodo", "lodo_diagonal"):
         for seed in (0, 1):
@@ -181,7 +192,7 @@ def records(tmp_path):
 
 def test_load_runs_and_the_tidy_curve_table(records):
     runs = load_runs(records / "runs" / "smoke")
-    assert len(runs) == 5 + 5 + 2 + 6 + 8
+    assert len(runs) == 5 + 5 + 3 + 6 + 8
     assert set(runs["experiment"]) == {"rosenbrock", "noisy_quadratic", "quadratic_frozen", "mnist", "mnist_depth"}
     assert runs[runs["experiment"] == "mnist_depth"].sort_values("sweep_r")["hp.depth"].tolist() == [
         4 * r for r in range(8)
@@ -436,6 +447,11 @@ def test_the_report_has_every_table_figure_and_claim(records, tmp_path):
         assert (out / f"{figure}.png").exists() and (out / f"{figure}.pdf").exists(), figure
         assert f"({figure}.png)" in text
     assert "read off its figure" in text and "Missing" in text and "mnist_beta" in text
+    frozen = pd.read_csv(out / "quadratic_frozen" / "table.csv").set_index("variant")
+    assert (
+        frozen.loc["frozen θ, fresh eigenbasis", "diverged"] == 1
+        and frozen.loc["frozen θ, same Hessian", "diverged"] == 0
+    )
     verdicts = pd.read_csv(out / "claims.csv")
     assert list(verdicts["claim"].astype(str)) == ["1a", "1b", "2", "2", "3", "4"]
     assert "**Claim 3** (results/bench (CNN, batch 256)): **agrees**" in text
