@@ -22,7 +22,8 @@ import wandb_workspaces.workspaces as ws
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lodo.run import build_task  # also registers the resolvers the experiment configs use
+import lodo.run  # noqa: F401 - registers the resolvers the experiment configs use
+from lodo.config import build_task
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))

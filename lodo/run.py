@@ -28,13 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lodo.checkpoint import load_checkpoint, save_checkpoint
-from lodo.config import (
-    ConfigError,
-    build,
-    build_task,  # noqa: F401 - experiments/dashboard.py imports it from here
-    seed_everything,
-    validate,
-)
+from lodo.config import ConfigError, build, seed_everything, validate
 from lodo.loggers import Logger, WandbLogger
 from lodo.records import (
     RunDirError,
