@@ -1,8 +1,8 @@
 """From run records to tables: the only code that reads ``runs/`` (summary.json, config.yaml, metrics.csv).
 
 :func:`load_runs` gives one row per run, :func:`load_curves` one tidy table of every iteration row of those runs
-(with the run's experiment, optimizer and seed beside it), :func:`comparison_table` the paper's table (reference
-§8.2) and :func:`binned_curve` the paper's binned mean ± std learning curve (reference §8.3).
+(with the run's experiment, optimizer and seed beside it), :func:`comparison_table` the paper's table (METHODS.md
+§A.8.2) and :func:`binned_curve` the paper's binned mean ± std learning curve (METHODS.md §A.8.3).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def diverged(runs: pd.DataFrame, column: str) -> np.ndarray:
-    """A run counts as diverged at a milestone (reference §8.2) if it had diverged by that milestone
+    """A run counts as diverged at a milestone (METHODS.md §A.8.2) if it had diverged by that milestone
     (``diverged_at_steps`` / ``diverged_at_time``, see :func:`diverged_by`) or its window mean there is not finite."""
     values = pd.to_numeric(runs[column], errors="coerce").to_numpy(dtype=float)
     by = "diverged_at_steps" if column.endswith("steps") else "diverged_at_time"
@@ -234,7 +234,7 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def comparison_table(runs: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
-    """The paper's table per optimizer (reference §8.2): final-10%-window training loss mean ± std at the step and
+    """The paper's table per optimizer (METHODS.md §A.8.2): final-10%-window training loss mean ± std at the step and
     the time milestone over the runs that did not diverge, diverged k/N, steps/s, and the test loss where recorded."""
     rows = []
     names = order or list(dict.fromkeys(runs["optimizer"]))
@@ -262,7 +262,7 @@ def window_means(curves: pd.DataFrame, x: str, milestone: float) -> pd.Series:
 
 
 def binned_curve(curves: pd.DataFrame, x: str, milestone: float | None, column: str = "loss") -> pd.DataFrame:
-    """The paper's binned learning curve of one optimizer's runs (reference §8.3).
+    """The paper's binned learning curve of one optimizer's runs (METHODS.md §A.8.3).
 
     x_max = min(largest x + 1e-5, milestone); n_bins = min(500, the fewest points with x < x_max in any run);
     equal-width bins on [0, x_max]; a run's bin value is the mean of its values in the bin, dropped if one of them

@@ -9,11 +9,13 @@ what the paper shows on MNIST (its ablation and sweep figures).
 EXPERIMENTS = [
     "rosenbrock",
     "noisy_quadratic",
+    "quadratic_authors",
     "quadratic_ablations",
     "quadratic_frozen",
     "quadratic_beta",
     "quadratic_depth",
     "quadratic_block_size",
+    "mnist_small",
     "mnist",
     "mnist_beta",
     "mnist_depth",

@@ -33,15 +33,21 @@ TRACKED = {
     "rosenbrock": {"x": None, "y": None},
     "noisy_quadratic": {"hessian_error": "metric_interval"},
     "mnist_autoregression": {"validation_loss": "validation_images"},
+    "mnist_small": {"validation_loss": "validation_images"},
 }
-FINAL = {"mnist_autoregression": {"test_loss": "test_images"}}
+FINAL = {"mnist_autoregression": {"test_loss": "test_images"}, "mnist_small": {"test_loss": "test_images"}}
 # pictures, drawn only if save_artifacts
-MEDIA = {"mnist_autoregression": {"samples": "samples", "input_channels": None}}
+MEDIA = {
+    "mnist_autoregression": {"samples": "samples", "input_channels": None},
+    "mnist_small": {"samples": "samples", "input_channels": None},
+}
 FIGURES_SECTION = "Figures (make figures)"
 # The image keys experiments/report.py logs to each experiment's "figures" run (its Section.figure keys).
 FIGURES = {
     "rosenbrock": ["by_step", "by_time", "trajectories"],
     "noisy_quadratic": ["by_step", "by_time", "hessian_error"],
+    "quadratic_authors": ["by_step", "by_time", "hessian_error"],
+    "mnist_small": ["by_step", "by_time"],
     "quadratic_frozen": ["frozen_loss", "frozen_hessian_error"],
     "mnist": ["by_step", "by_time", "validation", "samples"],
     "mnist_beta": ["sweep"],

@@ -1,5 +1,5 @@
 """One function per paper figure. Each reads the tidy tables of :mod:`experiments.aggregate` (never a run itself)
-and writes ``<path>.png`` and ``<path>.pdf``; each returns the PNG path. Styles follow reference §8.3–8.4."""
+and writes ``<path>.png`` and ``<path>.pdf``; each returns the PNG path. Styles follow METHODS.md §A.8.3–A.8.4."""
 
 from __future__ import annotations
 
@@ -13,34 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.aggregate import binned_curve  # noqa: E402
+from lodo.optim.registry import optimizer_label  # noqa: E402
 
-# The paper's labels for the registry names.
-LABELS = {
-    "momentum": "Momentum",
-    "rmsprop": "RMSprop",
-    "adam": "Adam",
-    "yogi": "Yogi",
-    "lars": "LARS",
-    "lodo": "LODO",
-    "lodo_diagonal": "LODO-Diagonal",
-    "lodo_global": "LODO-Global",
-    "lodo_residuals": "LODO-Residuals",
-    "lodo_no_momentum": "LODO-No-Momentum",
-    "lodo_sgd": "LODO-SGD",
-    "lbfgs_no_line_search": "L-BFGS-no-line-search",
-    "olbfgs": "O-LBFGS",
-    "bfgs": "BFGS",
-    "levenberg_marquardt": "Levenberg-Marquardt",
-    "l2lbgdbgd": "L2LBGDBGD",
-    "kfac": "K-FAC",
-    "lbfgs": "L-BFGS",
-    "psgd_kron": "PSGD-Kron",
-    "soap": "SOAP",
-    "shampoo": "Shampoo",
-    "sgd_hd": "SGD-HD",
-}
-
-# Reference §8.4: the first case-insensitive substring match wins. Two deliberate changes: the LODO ablations are
+# METHODS.md §A.8.4: the first case-insensitive substring match wins. Two deliberate changes: the LODO ablations are
 # matched before "momentum" (the authors' order drew LODO-No-Momentum blue, the same as Momentum), and the
 # optimizers the authors' table lacks get their own colours instead of LODO's black.
 COLOURS = [
@@ -79,7 +54,8 @@ def line_style(index: int) -> dict:
 
 
 def label(name: str) -> str:
-    return LABELS.get(name, name)
+    """The paper's label of a registry name (the registry's one list); any other name is shown as it is."""
+    return optimizer_label(name)
 
 
 def colour(name: str) -> tuple[float, float, float]:
@@ -126,7 +102,7 @@ def learning_curves(
     column: str = "loss",
     ylabel: str = "training loss",
 ) -> Path | None:
-    """Mean ± std over runs of each optimizer's binned curve (reference §8.3) against steps or wall time.
+    """Mean ± std over runs of each optimizer's binned curve (METHODS.md §A.8.3) against steps or wall time.
 
     Time is drawn in hours when the milestone is over an hour, else in seconds. ``newton`` draws the dashed Newton
     line (½·tr H on the quadratic). A curve cut by ``clip`` says so in its label and marks the cut points with
@@ -154,10 +130,12 @@ def learning_curves(
         if log_y:
             low = np.where(low > 0, low, np.nan)
         c = colour(name)
-        if name != "lodo_diagonal":  # reference §8.3: the band is skipped for LODO-Diagonal
+        if name != "lodo_diagonal":  # METHODS.md §A.8.3: the band is skipped for LODO-Diagonal
             ax.fill_between(xs, low, high, color=_light(c), alpha=0.5, linewidth=0)
         n = runs["run_dir"].nunique()
-        text = f"{label(name)} ({n} runs)" + (f", clipped to [{clip[0]:g}, {clip[1]:g}]" if clipped.any() else "")
+        text = f"{label(name)} ({n} run{'s' * (n != 1)})" + (
+            f", clipped to [{clip[0]:g}, {clip[1]:g}]" if clipped.any() else ""
+        )
         style = line_style(index)
         ax.plot(xs, mean, color=c, label=text, linewidth=1.5, markevery=max(1, len(xs) // 8), markersize=4, **style)
         if clipped.any():
@@ -211,7 +189,13 @@ def hessian_error(
         ax.fill_between(xs, mean - std, mean + std, color=_light(c), alpha=0.4, linewidth=0)
         n = curves.loc[curves["optimizer"] == name, "run_dir"].nunique()
         ax.plot(
-            xs, mean, color=c, label=f"{label(name)} ({n} runs)", markevery=max(1, len(xs) // 8), markersize=4, **style
+            xs,
+            mean,
+            color=c,
+            label=f"{label(name)} ({n} run{'s' * (n != 1)})",
+            markevery=max(1, len(xs) // 8),
+            markersize=4,
+            **style,
         )
         drawn += 1
     if not drawn:
@@ -299,7 +283,7 @@ def frozen_vs_on_the_fly(
     newton: float | None = None,
     title: str = "",
 ) -> Path | None:
-    """Reference §7.5: LODO learning on the fly against LODO restarted with its learned preconditioner frozen (on the
+    """METHODS.md §A.7.5: LODO learning on the fly against LODO restarted with its learned preconditioner frozen (on the
     same Hessian, and as the control on a fresh eigenbasis), by step. ``curves`` holds the variants' names in its
     ``optimizer`` column; ``column`` is "loss" (with the Newton line) or "hessian_error"."""
     is_loss = column == "loss"
@@ -325,7 +309,7 @@ def sweep(
     lodo_std: float | None = None,
     title: str = "",
 ) -> Path | None:
-    """Reference §7.3: the final-10%-window loss against the swept value. With several seeds per value, the point is
+    """METHODS.md §A.7.3: the final-10%-window loss against the swept value. With several seeds per value, the point is
     their mean and the error bar their std (each point its own); with one, the authors' plot: error bars ±(std across
     the main LODO runs) and a grey band of ± std(window losses)/(count − 1)."""
     points = []
@@ -348,6 +332,7 @@ def sweep(
         ax.errorbar(
             xs, ys, yerr=seed_std, color="black", capsize=5, marker="o", markersize=3, label="mean ± std over seeds"
         )
+        ax.legend(fontsize=8)
     else:
         ax.fill_between(xs, ys - spreads, ys + spreads, color="0.8")
         errors = None if lodo_std is None or not np.isfinite(lodo_std) else np.full_like(ys, lodo_std)

@@ -27,23 +27,35 @@ from experiments.sections import REPORTERS, UNKNOWN, Section, fmt, to_markdown
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tuning_section(table: pd.DataFrame, out: Path) -> list[str]:
-    """The tuning histories: per optimizer and tuning seed, the tuned values and the check loss, and their spread."""
+def tuning_section(table: pd.DataFrame, out: Path, runs: pd.DataFrame | None = None) -> list[str]:
+    """The tuning histories: per optimizer and tuning seed, the tuned values and the check loss, and their spread;
+    *used* marks the tuning seed whose values the run records say they ran with (their provenance)."""
     lines = ["## Tuning (the paper's ES, `lodo.tune`)\n"]
     if table.empty:
         return lines + ["No tuning histories in results/tuning/.\n"]
     out.mkdir(parents=True, exist_ok=True)
+    used = set()
+    if runs is not None and not runs.empty and "tune_seed" in runs:
+        known = runs.dropna(subset=["tune_seed"])
+        used = {(t, o, int(s)) for t, o, s in zip(known["task"], known["optimizer"], known["tune_seed"])}
+    table = table.assign(
+        used=[(t, o, int(s)) in used for t, o, s in zip(table["task"], table["optimizer"], table["tune_seed"])]
+    )
     table.to_csv(out / "tuning.csv", index=False)
     lines.append(
-        "*check loss* is one run of a tuning seed's values at the tuning horizon (the final 10%-window loss). Which "
-        "tuning seed's values a run used is in its record's provenance (section *Where the hyperparameters come "
-        "from*). The spread across tuning seeds is how much the protocol itself moves a result.\n"
+        "Protocol (README, *Tuning*): the same for every optimizer of a task — Rosenbrock: the paper's ES schedule "
+        "(10 generations × 32 samples, 200 steps); the noisy quadratic: the paper's schedule with every generation "
+        "capped at 1,000 steps; the reduced CNN: 3 generations × 8 samples at 200 steps. *check loss* is one run of a "
+        "tuning seed's values at the tuning horizon on a new task instance (the final 10%-window loss); the runs use "
+        "the values of the tuning seed with the median check loss (*used*: as their records' provenance says). The "
+        "spread across tuning seeds is how much the protocol itself moves a result.\n"
     )
     shown = pd.DataFrame(
         {
             "task": table["task"],
             "optimizer": table["optimizer"].map(figures.label),
             "tuning seed": table["tune_seed"],
+            "used": table["used"].map({True: "✓", False: ""}),
             "check loss": table["check_loss"].map(fmt),
             "tuned values": [
                 ", ".join(f"{k[6:]}={fmt(v)}" for k, v in r.items() if k.startswith("tuned.") and v == v)
@@ -231,7 +243,7 @@ def render(scale, runs, sections, missing, verdicts, out, tuning_table, timings)
     for section in sections:
         lines.append(f"## Experiment `{section.name}`\n")
         lines += section.lines
-    lines += tuning_section(tuning_table, out / "tuning")
+    lines += tuning_section(tuning_table, out / "tuning", runs)
     return "\n".join(lines) + "\n"
 
 

@@ -17,9 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lodo.optim.registry import build_optimizer, check_compatible
+from lodo.paths import configs_dir
 from lodo.tasks import task_class
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = configs_dir()
 TASK_RESERVED = ("name", "metric_interval")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -150,7 +150,7 @@ def read_losses(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def final_window_mean(x: np.ndarray, loss: np.ndarray, milestone: float) -> float:
     """Mean loss over the final 10% window before ``milestone``: rows with 0.9·milestone < x ≤ milestone.
 
-    This is the paper's table statistic (reference §8.2, whose log calls it "final 90%"). NaN if the window is
+    This is the paper's table statistic (METHODS.md §A.8.2, whose log calls it "final 90%"). NaN if the window is
     empty; non-finite if a loss in it is.
     """
     x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
@@ -265,10 +265,13 @@ def environment() -> dict:
 
 
 def git_revision() -> str | None:
-    """The checkout's commit (with ``-dirty`` if its code or configs have local changes), or ``None`` outside a git
-    checkout. ``results/`` is left out: `make reproduce` rewrites its outputs there while it runs."""
-    root = Path(__file__).resolve().parent.parent
+    """The commit of the git checkout the working directory is in (with ``-dirty`` if its code or configs have local
+    changes), or ``None`` outside one: the repository a run is started from, whether lodo is installed from it
+    (editable) or not. ``results/`` is left out: `make reproduce` rewrites its outputs there while it runs."""
     try:
+        root = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=Path.cwd(), capture_output=True, text=True, check=True
+        ).stdout.strip()
         revision = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from lodo.checkpoint import load_checkpoint, save_checkpoint
 from lodo.config import ConfigError, build, seed_everything, validate
 from lodo.loggers import Logger, WandbLogger
+from lodo.paths import configs_dir
 from lodo.records import (
     RunDirError,
     RunRecord,
@@ -55,7 +56,7 @@ log = logging.getLogger("lodo.run")
 CHECKPOINT = "checkpoint.pt"
 
 
-# Arithmetic for experiment configs (the MNIST ablation sweeps derive β, depth and block size from r, reference §7.3).
+# Arithmetic for experiment configs (the ablation sweeps derive β, depth and block size from r, METHODS.md §A.7.3).
 for _name, _function in {
     "add": lambda a, b: a + b,
     "multiply": lambda a, b: a * b,
@@ -179,8 +180,8 @@ def save_artifacts(task, run_dir: Path) -> dict[str, str]:
 
 # --- provenance -----------------------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
-TUNED = ROOT / "configs" / "tuned"
+ROOT = configs_dir().resolve().parent  # the checkout (editable install) or the package: tuned files show as configs/...
+TUNED = configs_dir() / "tuned"
 
 
 def _file_record(path: Path) -> dict:
@@ -192,19 +193,24 @@ def _file_record(path: Path) -> dict:
 def provenance(cfg: DictConfig, task) -> dict:
     """Where a run's inputs came from, stored in its summary so that the report never reads live repository state.
 
-    ``tuned``: the ``configs/tuned/<task>/<optimizer>.yaml`` whose values the run read (``null`` if there is none,
-    or if none of its values is the run's: ``~tuned@optimizer``), with its content hash, the tuning seed its header
-    names (``null`` for values taken from the authors' code) and the keys the run set otherwise (``overridden``: a
-    sweep's β, a frozen run's meta_lr); ``newton_floor``: the task's best
-    expected loss where it has one (the noisy quadratic); ``preconditioner_checkpoint``: the file a frozen run's θ
-    came from, with its hash.
+    ``tuned``: the tuned-values file whose values the run read — this suite's ES values
+    ``configs/tuned/<task>/<optimizer>.yaml`` or the authors' ``configs/tuned/authors/<task>/<optimizer>.yaml``,
+    whichever leaves fewer of the run's values unexplained (``null`` if neither has any of them:
+    ``~tuned@optimizer``) — with its content hash, the tuning seed its header names (``null`` for the authors'
+    values) and the keys the run set otherwise (``overridden``: a sweep's β, a frozen run's meta_lr);
+    ``newton_floor``: the task's best expected loss where it has one (the noisy quadratic);
+    ``preconditioner_checkpoint``: the file a frozen run's θ came from, with its hash.
     """
-    tuned = TUNED / cfg.task.name / f"{cfg.optimizer.name}.yaml"
     record = None
-    if tuned.exists():
+    for tuned in (
+        TUNED / cfg.task.name / f"{cfg.optimizer.name}.yaml",
+        TUNED / "authors" / cfg.task.name / f"{cfg.optimizer.name}.yaml",
+    ):
+        if not tuned.exists():
+            continue
         values = OmegaConf.to_container(OmegaConf.load(tuned))
         overridden = sorted(key for key, value in values.items() if cfg.optimizer.get(key) != value)
-        if len(overridden) < len(values):
+        if len(overridden) < len(values) and (record is None or len(overridden) < len(record["overridden"])):
             seed = re.search(r"tuning seed (\d+)", tuned.read_text())
             record = {**_file_record(tuned), "tune_seed": int(seed.group(1)) if seed else None}
             record["overridden"] = overridden
@@ -249,9 +255,17 @@ def execute(cfg: DictConfig, run_dir: str | Path, sweep_dir: str | Path | None =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task, optimizer = build(config)
-    if cfg.get("preconditioner_checkpoint"):  # the frozen-preconditioner test (reference §7.5): θ of an earlier run
+    if cfg.get("preconditioner_checkpoint"):  # the frozen-preconditioner test (METHODS.md §A.7.5): θ of an earlier run
+        if not hasattr(optimizer, "load_preconditioner"):
+            raise ConfigError(f"preconditioner_checkpoint needs a LODO optimizer, not {cfg.optimizer.name}")
         checkpoint = torch.load(cfg.preconditioner_checkpoint, map_location=cfg.device, weights_only=True)
-        optimizer.preconditioner.load_state_dict(checkpoint["preconditioner"])
+        state = checkpoint.get("preconditioner") if isinstance(checkpoint, dict) else None
+        if state is None:
+            raise ConfigError(f"preconditioner_checkpoint={cfg.preconditioner_checkpoint} holds no LODO preconditioner")
+        try:  # θ only; the frozen test keeps it fixed with optimizer.meta_lr=0
+            optimizer.load_preconditioner(state)
+        except ValueError as error:
+            raise ConfigError(f"preconditioner_checkpoint={cfg.preconditioner_checkpoint}: {error}") from None
     task.progress = cfg.progress
 
     lock = lock_run_dir(run_dir)
@@ -369,7 +383,7 @@ def _remove_if_empty(run_dir: Path) -> None:
             return
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -6,6 +6,10 @@ the clock stopped (the device is synchronized before each reading). A run contin
 its milestones (``steps`` evaluations and ``time_limit`` training seconds), as the authors' runs do, so that one run
 gives the loss at both. A non-finite loss stops the run and marks it diverged. A run can be checkpointed every few
 training seconds, stopped on request, and resumed from its last checkpoint as if it had never stopped.
+
+An optimizer whose ``step()`` takes more than the closure names those keyword arguments in its class's
+``step_inputs`` (Levenberg–Marquardt: ``{"hessian"}``); the loop computes each with the task for the iteration's
+batch (:data:`STEP_INPUTS`) and passes it explicitly: ``optimizer.step(closure, hessian=task.hessian(batch))``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +41,27 @@ def check_budget(steps: int, time_limit: float | None, metric_interval: int | No
         raise ValueError(f"time_limit must be non-negative or null, got {time_limit}")
     if metric_interval is not None and metric_interval < 1:
         raise ValueError(f"metric_interval must be a positive integer or null, got {metric_interval}")
+
+
+# What the loop can pass to ``optimizer.step`` beyond the closure, by the name the optimizer's class declares in
+# ``step_inputs`` (the same names as a task's ``provides``): each computed by the task for the iteration's batch.
+STEP_INPUTS: dict[str, Callable[[Task, Any], Any]] = {
+    "hessian": lambda task, batch: task.hessian(batch),  # the exact Hessian at the current parameters
+}
+
+
+def check_step_inputs(task: Task, optimizer: torch.optim.Optimizer) -> frozenset[str]:
+    """The names in ``optimizer.step_inputs`` (none if it has no such attribute); a ``ValueError`` names one that
+    the loop cannot supply or ``task`` does not provide."""
+    wanted = frozenset(getattr(optimizer, "step_inputs", ()))
+    unknown = sorted(wanted - STEP_INPUTS.keys())
+    if unknown:
+        raise ValueError(f"{type(optimizer).__name__}.step needs {', '.join(unknown)}, which no training loop supplies")
+    missing = sorted(wanted - task.provides)
+    if missing:
+        task_name = getattr(task, "name", type(task).__name__)
+        raise ValueError(f"{type(optimizer).__name__} needs {', '.join(missing)}, which {task_name} does not provide")
+    return wanted
 
 
 def train(
@@ -63,6 +89,7 @@ def train(
     speed and the task's final metrics.
     """
     check_budget(steps, time_limit, metric_interval)
+    inputs_needed = sorted(check_step_inputs(task, optimizer))
     device = task.parameters()[0].device
     loop = {"evaluations": 0, "iteration": 0, "train_time": 0.0, "metric_time": 0.0}
     loop["next_metric"] = metric_interval or math.inf
@@ -95,10 +122,9 @@ def train(
         start = time.perf_counter()
         batch = task.sample_batch()
         try:
-            task.current_batch = batch  # for optimizers that need more than the closure (exact Hessians)
-            loss = float(
-                optimizer.step(closure).detach()
-            )  # forces the device sync that ends the iteration, as in the reference
+            inputs = {name: STEP_INPUTS[name](task, batch) for name in inputs_needed}  # usually none
+            # float() forces the device sync that ends the iteration, as in the reference
+            loss = float(optimizer.step(closure, **inputs).detach())
         except DIVERGENCE_ERRORS as error:
             loss, reason = math.nan, f"{type(error).__name__}: {error}"
         loop["train_time"] += time.perf_counter() - start

@@ -1,6 +1,6 @@
 """The paper's hyperparameter tuner: ``python -m lodo.tune task=<task> optimizer=<optimizer> [override ...]``.
 
-An evolution strategy in a normalized space (SPEC §5, reference §4.1 and §6): log x for standard values and
+An evolution strategy in a normalized space (METHODS.md §5, §A.4.1 and §A.6): log x for standard values and
 log(1 − x) for decay-type ones (names containing "momentum" or "beta"). Generation g draws N_g samples
 u_i ~ N(μ, σ_g² I), trains each for S_g steps on a new task instance (a new seed), scores it by the mean training
 loss over the last 10% of steps (non-finite: +∞), and moves μ to the mean of the best half. Generation 0's mean is
@@ -15,8 +15,9 @@ tuning is identical.
 The tuned values go to ``configs/tuned/<task>/<optimizer>.yaml`` (which every run of that pair then reads), with how
 they were obtained in its header; each tuning seed's history goes to ``results/tuning/<task>/<optimizer>/``.
 
-Options (before the overrides): ``--seeds 0 1 2`` (tuning seeds; the file gets the first one's values, the others
-measure the spread), ``--jobs 2`` (parallel local processes, one thread each), ``--schedule``, ``--max-steps`` (cap
+Options (before the overrides): ``--seeds 0 1 2`` (tuning seeds; the file gets the values of the median one,
+:func:`median_seed`, and lists every seed's values, so the spread is in the file), ``--jobs 2`` (parallel local
+processes, one thread each), ``--schedule``, ``--max-steps`` (cap
 S_g: a reduced schedule), ``--samples``, ``--generations``, ``--no-write``.
 """
 
@@ -37,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
+from lodo.paths import checkout_dir, configs_dir
 
-# (σ by generation, steps S by generation), reference §6 (the schedules of experiment/experiment2.py); N = 32.
+# (σ by generation, steps S by generation), METHODS.md §A.6 (the schedules of experiment/experiment2.py); N = 32.
 SCHEDULES: dict[str, tuple[list[float], list[int]]] = {
     "rosenbrock": ([3, 3, 3, 2.5, 2, 1.5, 1, 0.75, 0.5, 0.3], [200] * 10),
     "noisy_quadratic": ([3, 3, 3, 3, 2, 1.7, 1.4, 1.2, 0.9, 0.6], [100, 300, 1000] + [10000] * 7),
@@ -47,12 +48,14 @@ SCHEDULES: dict[str, tuple[list[float], list[int]]] = {
         [3, 3, 3, 3, 2, 1.7, 1.4, 1.2, 0.9, 0.6],
         [1000, 1000, 1000, 1000, 1500, 1500, 2000, 3000, 5000, 8000],
     ),
+    # Not the paper's: the reduced CNN's cheaper protocol (README, *Tuning*), 3 generations (with 8 samples each).
+    "mnist_small": ([3, 1.5, 0.75], [200, 200, 200]),
 }
 SAMPLES = 32
 
 
 def is_decay(name: str) -> bool:
-    """Decay-type hyperparameters (reference §4.1): the name contains "momentum" or "beta"."""
+    """Decay-type hyperparameters (METHODS.md §A.4.1): the name contains "momentum" or "beta"."""
     return "momentum" in name or "beta" in name
 
 
@@ -141,7 +144,7 @@ def compose(overrides: Sequence[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
         return hydra_compose(
             config_name="config", overrides=["~tuned@optimizer", "logger=none", "progress=false", *overrides]
         )
@@ -165,8 +168,9 @@ def tune(overrides: Sequence[str], args: argparse.Namespace) -> dict:
     if args.max_steps:
         steps = [min(s, args.max_steps) for s in steps]
     base = OmegaConf.to_container(cfg, resolve=True)
-    base.update(progress=False, threads=1, time_limit=None, experiment=f"tune_{task}")
-    base["task"]["metric_interval"] = None  # tracked metrics are not needed to score a sample
+    base.update(progress=False, threads=1, time_limit=None, experiment=f"tune_{task}", save_artifacts=False)
+    base["task"]["metric_interval"] = None  # tracked metrics are not needed to score a sample, nor are evaluations:
+    base["task"].update({k: 0 for k in ("validation_images", "test_images", "samples") if k in base["task"]})
     root = Path(args.runs) / task / optimizer
     results = {}
     runs_per_seed = len(steps) * args.samples + 1
@@ -220,19 +224,31 @@ def tune(overrides: Sequence[str], args: argparse.Namespace) -> dict:
         "results": {str(k): {**v, "history": [g.__dict__ for g in v["history"]]} for k, v in results.items()},
     }
     if args.write:
-        write(report, args.seeds[0])
+        write(report, median_seed(report))
     return report
+
+
+def median_seed(report: dict) -> int:
+    """The tuning seed whose values the runs use: the one whose check loss is the median (the lower median for an
+    even count; a failed check counts as +∞, ties go to the earlier seed).
+
+    Why the median and not the best: a check loss is one run on one new task instance, so the best of several
+    seeds is partly luck; the median seed is a typical outcome of the protocol, neither its luckiest nor its worst.
+    """
+    ranked = sorted(report["results"].items(), key=lambda item: (score(item[1]["check_loss"]), int(item[0])))
+    return int(ranked[(len(ranked) - 1) // 2][0])
 
 
 def write(report: dict, chosen_seed: int) -> Path:
     """Write ``configs/tuned/<task>/<optimizer>.yaml`` (tuning seed ``chosen_seed``) and the histories as JSON."""
     task, optimizer = report["task"], report["optimizer"]
-    history_dir = ROOT / "results" / "tuning" / task
+    history_dir = checkout_dir() / "results" / "tuning" / task
     history_dir.mkdir(parents=True, exist_ok=True)
     (history_dir / f"{optimizer}.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     schedule = report["schedule"]
     lines = [
-        f"# {optimizer} on {task}: tuned by the paper's ES (lodo/tune.py, SPEC §5), tuning seed {chosen_seed}.",
+        f"# {optimizer} on {task}: tuned by the paper's ES (lodo/tune.py, METHODS.md §5), tuning seed {chosen_seed}",
+        "# (the median check loss of the tuning seeds below; the runs use its values).",
         f"# schedule {schedule['name']}: {len(schedule['sigma'])} generations × {schedule['samples']} samples,",
         f"#   sigma {schedule['sigma']}",
         f"#   steps {schedule['steps']}",
@@ -249,7 +265,7 @@ def write(report: dict, chosen_seed: int) -> Path:
     ]
     tuned = report["results"][str(chosen_seed)]["tuned"]
     lines += [f"{k}: {float(v)!r}" for k, v in tuned.items()]
-    path = ROOT / "configs" / "tuned" / task / f"{optimizer}.yaml"
+    path = checkout_dir() / "configs" / "tuned" / task / f"{optimizer}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -258,7 +274,7 @@ def write(report: dict, chosen_seed: int) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lodo.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="run overrides: task=<task> optimizer=<optimizer> [key=value]")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="tuning seeds (the first is written)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="tuning seeds (the median one is written)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel local processes")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), help="σ/steps schedule (default: the task's)")
     parser.add_argument("--max-steps", type=int, help="cap every generation's steps (a reduced schedule)")
@@ -268,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-write", dest="write", action="store_false", help="do not write configs/tuned")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.write:  # the files go to the working directory's checkout: fail now if it is none, not after tuning
+        try:
+            checkout_dir()
+        except RuntimeError as error:
+            parser.error(str(error))
     report = tune(args.overrides, args)
     for seed, result in report["results"].items():
         print(f"tuning seed {seed}: {result['tuned']} (check loss {result['check_loss']:.4g})")

@@ -1,17 +1,21 @@
 """Every experiment config composes at every scale and runs at the smoke scale; budgets match the paper at paper
-scale; the sweep arithmetic (SPEC §2) is right; a finished run is skipped on a rerun."""
+scale; the sweep arithmetic (METHODS.md §2) is right; a finished run is skipped on a rerun. The optimizers, tasks and
+incompatible pairs are listed here literally, so that removing one from the registry fails a test."""
 
 import itertools
-import os
+import json
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+import lodo.optim  # noqa: F401 - registers every optimizer
 import lodo.run  # noqa: F401 - registers the config resolvers
-from lodo.optim.registry import OPTIMIZERS
+from lodo.optim.registry import OPTIMIZERS, incompatibility
 from lodo.records import is_complete, read_summary
 from lodo.run import execute
+from lodo.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -19,6 +23,27 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 # MNIST at smoke scale still builds the 95k CNN per run; the full optimizer list runs in the slow test below.
 MNIST_SMOKE_OPTIMIZERS = {"adam", "lodo"}
 SWEEP_SMOKE_VALUES = {"7"}
+
+# What the suite promises (README, *Optimizers and tasks*), written out: a name that disappears from the registry, or
+# an incompatibility that is added or lifted, fails test_the_registry_holds_exactly_the_promised_optimizers or
+# test_exactly_the_declared_pairs_are_incompatible instead of quietly shrinking the parametrized tests.
+EXPECTED_OPTIMIZERS = [
+    *("lodo", "lodo_diagonal", "lodo_global", "lodo_residuals", "lodo_no_momentum", "lodo_sgd"),
+    *("adam", "momentum", "rmsprop", "yogi", "lars", "lbfgs_no_line_search", "olbfgs", "bfgs"),
+    *("levenberg_marquardt", "l2lbgdbgd"),
+    *("lbfgs", "kfac", "psgd_kron", "soap", "shampoo", "sgd_hd"),  # not in the paper
+]
+EXPECTED_TASKS = ["mnist_autoregression", "mnist_small", "noisy_quadratic", "rosenbrock"]
+EXPECTED_INCOMPATIBLE = {
+    ("bfgs", "mnist_autoregression"),  # a dense n×n inverse-Hessian approximation
+    ("kfac", "noisy_quadratic"),  # K-FAC hooks an nn.Module's layers
+    ("kfac", "rosenbrock"),
+    ("lbfgs", "mnist_autoregression"),  # a strong-Wolfe line search on a stochastic objective
+    ("levenberg_marquardt", "mnist_autoregression"),  # needs the exact Hessian
+    ("bfgs", "mnist_small"),  # the reduced CNN: the same reasons
+    ("lbfgs", "mnist_small"),
+    ("levenberg_marquardt", "mnist_small"),
+}
 
 
 def config(*overrides, hydra=False):
@@ -39,15 +64,10 @@ def smoke_cases():
     for experiment in EXPERIMENTS:
         for job in sweep_jobs(experiment):
             name = job.get("optimizer", "lodo")
-            marks = []
-            missing = name not in OPTIMIZERS or not (CONFIGS / "optimizer" / f"{name}.yaml").exists()
-            if missing:
-                marks.append(pytest.mark.skip(reason=f"optimizer {name!r} is not registered/configured yet"))
             slow = (experiment == "mnist" and name not in MNIST_SMOKE_OPTIMIZERS) or (
                 "sweep_r" in job and job["sweep_r"] not in SWEEP_SMOKE_VALUES
             )
-            if slow:
-                marks.append(pytest.mark.slow)
+            marks = [pytest.mark.slow] if slow else []  # an unregistered optimizer fails its case, never skips it
             label = experiment + "-" + "-".join(f"{k}={v}" for k, v in job.items())
             cases.append(pytest.param(experiment, job, marks=marks, id=label))
     return cases
@@ -66,6 +86,29 @@ def smoke_run(experiment: str, job: dict, runs_dir: Path) -> dict:
     cfg = config(*overrides)
     run_dir = runs_dir / "smoke" / experiment / ",".join(f"{k}={v}" for k, v in sorted(job.items()))
     return execute(cfg, run_dir), run_dir
+
+
+def test_the_registry_holds_exactly_the_promised_optimizers():
+    assert sorted(OPTIMIZERS) == sorted(EXPECTED_OPTIMIZERS)
+    assert sorted(p.stem for p in (CONFIGS / "optimizer").glob("*.yaml")) == sorted(EXPECTED_OPTIMIZERS)
+    assert sorted(TASKS) == EXPECTED_TASKS
+    assert sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml")) == EXPECTED_TASKS
+
+
+def test_exactly_the_declared_pairs_are_incompatible():
+    reported = {(name, task) for name in EXPECTED_OPTIMIZERS for task in EXPECTED_TASKS if incompatibility(name, task)}
+    assert reported == EXPECTED_INCOMPATIBLE
+
+
+@pytest.mark.parametrize("scale", ["smoke", "default", "paper"])
+def test_every_swept_optimizer_is_promised_and_runs_on_its_task(scale):
+    for experiment in EXPERIMENTS:
+        base = config(f"+experiment={experiment}", f"scale={scale}")
+        task = base.task.name
+        for job in sweep_jobs(experiment, scale):
+            name = job.get("optimizer", base.optimizer.name)
+            assert name in EXPECTED_OPTIMIZERS, f"{experiment} sweeps {name!r}"
+            assert (name, task) not in EXPECTED_INCOMPATIBLE, f"{experiment} sweeps {name!r} on {task!r}"
 
 
 @pytest.mark.parametrize("experiment,job", smoke_cases())
@@ -96,7 +139,7 @@ def test_the_frozen_test_restarts_with_the_learned_preconditioner_and_keeps_it(r
         "save_optimizer_state=true",
     )
     assert cfg.preconditioner_checkpoint == str(checkpoint)
-    assert cfg.optimizer.meta_lr == 0 and cfg.seed == 0  # same seed: the same Hessian (SPEC §7.7)
+    assert cfg.optimizer.meta_lr == 0 and cfg.seed == 0  # same seed: the same Hessian (METHODS.md §7.7)
     execute(cfg, tmp_path)
     learned = torch.load(checkpoint, weights_only=True)["preconditioner"]
     after = torch.load(tmp_path / "optimizer.pt", weights_only=True)["preconditioner"]
@@ -162,8 +205,9 @@ def test_experiments_share_one_base_and_the_mnist_sweeps_one_sweep_base():
         assert cfg.steps == cfg.budgets.mnist_sweeps.steps and cfg.save_artifacts is False
 
 
-def test_sweep_values_follow_spec_section_2():
+def test_sweep_values_follow_methods_section_2():
     beta_star = config("+experiment=mnist_beta").lodo_tuned.beta
+    assert beta_star == tuned_values("mnist_autoregression", "lodo")["beta"]  # β* is LODO's tuned β on MNIST
     betas = [config("+experiment=mnist_beta", f"sweep_r={r}").optimizer.beta for r in range(8)]
     assert betas[0] == 0 and betas[7] == pytest.approx(beta_star)
     assert betas[1] == pytest.approx(1 - (1 - beta_star) ** (1 / 7))
@@ -173,18 +217,37 @@ def test_sweep_values_follow_spec_section_2():
     assert [(b.block_size, b.depth) for b in blocks] == [(k, 64 // k) for k in range(2, 10)]
 
 
+def tuned_values(task: str, optimizer: str) -> dict:
+    """The values of ``configs/tuned/<task>/<optimizer>.yaml``, read here rather than copied into the tests."""
+    return OmegaConf.to_container(OmegaConf.load(CONFIGS / "tuned" / task / f"{optimizer}.yaml"))
+
+
 def test_experiments_read_the_tuned_hyperparameters():
+    tuned = tuned_values("mnist_autoregression", "lodo")
+    generation0 = OmegaConf.to_container(OmegaConf.load(CONFIGS / "optimizer" / "lodo.yaml"))
+    assert {"lr", "meta_lr", "beta"} <= set(tuned)
+    assert any(tuned[k] != generation0[k] for k in tuned)  # otherwise this test could not tell the two apart
     cfg = config("+experiment=mnist", "optimizer=lodo")
-    assert (cfg.optimizer.lr, cfg.optimizer.meta_lr, cfg.optimizer.beta) == (0.08459, 7.946e-6, 0.9343)
-    assert config("+experiment=mnist", "optimizer=lodo", "~tuned@optimizer").optimizer.lr == 1.0  # generation 0
+    assert {k: cfg.optimizer[k] for k in tuned} == tuned
+    defaults = config("+experiment=mnist", "optimizer=lodo", "~tuned@optimizer").optimizer
+    assert {k: defaults[k] for k in tuned} == {k: generation0[k] for k in tuned}  # generation 0
 
 
-def test_a_finished_run_is_skipped(tmp_path):
+def test_a_finished_run_is_skipped_without_training_or_rewriting_its_record(tmp_path, monkeypatch):
     cfg = config("+experiment=rosenbrock", "scale=smoke", "logger=none", "optimizer=adam", "seed=0")
     first = execute(cfg, tmp_path)
-    stamp = (tmp_path / "summary.json").stat().st_mtime_ns
-    assert execute(cfg, tmp_path) == first == read_summary(tmp_path)
-    assert (tmp_path / "summary.json").stat().st_mtime_ns == stamp
+    # Mark the finished record: a rerun that rewrote summary.json or metrics.csv would lose the marks.
+    marked = {**read_summary(tmp_path), "marker": "written by the test"}
+    (tmp_path / "summary.json").write_text(json.dumps(marked))
+    metrics = (tmp_path / "metrics.csv").read_bytes() + b"# marker\n"
+    (tmp_path / "metrics.csv").write_bytes(metrics)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(lodo.run, "train", no_training)
+    assert execute(cfg, tmp_path) == marked == {**first, "marker": "written by the test"}
+    assert read_summary(tmp_path) == marked and (tmp_path / "metrics.csv").read_bytes() == metrics
 
 
 def test_launcher_presets_compose():
@@ -194,7 +257,7 @@ def test_launcher_presets_compose():
     assert "SlurmLauncher" in slurm._target_
 
 
-@pytest.mark.skipif(os.environ.get("LODO_SLOW_CLI") != "1", reason="set LODO_SLOW_CLI=1: spawns a Hydra multirun")
+@pytest.mark.slow  # a Hydra multirun in a subprocess: five runs
 def test_rosenbrock_multirun_cli_into_deterministic_folders(tmp_path):
     import subprocess
     import sys

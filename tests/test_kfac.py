@@ -396,7 +396,8 @@ def test_paper_cnn_layers():
 
 
 def test_matches_curvlinops():
-    curvlinops = pytest.importorskip("curvlinops")
+    import curvlinops  # `make install` installs it (--no-deps, Makefile); missing, this test fails, never skips
+
     model, x, y = make_problem(seed=9, batch=8)
     # curvlinops treats a grouped conv with one A averaged over the groups and one G over all output channels,
     # a different approximation from K-FAC's per-group factors, so the depthwise layer is compared by brute

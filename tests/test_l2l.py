@@ -1,4 +1,5 @@
-"""L2LBGDBGD: the gradient preprocessing, the LSTM, its meta-training command and the shipped weights (§3.12)."""
+"""L2LBGDBGD: the gradient preprocessing, the LSTM, its meta-training command and the shipped weights
+(METHODS.md §A.3.12)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 
 from lodo.optim.l2l import (
     DEFAULT_WEIGHTS,
-    REPO_ROOT,
     CoordinatewiseLSTM,
     L2LOptimizer,
     load_network,
@@ -21,7 +21,7 @@ from lodo.optim.l2l import (
 from lodo.tasks import NoisyQuadratic
 from lodo.train import train as train_loop
 
-SHIPPED_RECORD = REPO_ROOT / DEFAULT_WEIGHTS.with_suffix(".json")
+SHIPPED_RECORD = DEFAULT_WEIGHTS.with_suffix(".json")
 
 
 def run(task, optimizer, steps: int) -> list[float]:
@@ -102,10 +102,13 @@ def test_state_round_trip_keeps_the_lstm_state_in_the_net_dtype():
 
 def test_weights_resolve_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_weights(None) == REPO_ROOT / DEFAULT_WEIGHTS
-    assert resolve_weights(str(DEFAULT_WEIGHTS)) == REPO_ROOT / DEFAULT_WEIGHTS
+    assert DEFAULT_WEIGHTS.parts[-4:] == ("lodo", "optim", "l2lbgdbgd", "weights.pt")  # package data
+    assert resolve_weights(None) == DEFAULT_WEIGHTS and DEFAULT_WEIGHTS.is_file()
+    assert resolve_weights(str(DEFAULT_WEIGHTS)) == DEFAULT_WEIGHTS
+    (tmp_path / "mine.pt").write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    assert resolve_weights("mine.pt").resolve() == tmp_path / "mine.pt"  # relative: from the working directory
     with pytest.raises(FileNotFoundError, match="python -m lodo.optim.l2l"):
-        resolve_weights("results/l2lbgdbgd/absent.pt")
+        resolve_weights("weights/absent.pt")
 
 
 def test_meta_training_command_writes_loadable_seeded_weights_and_a_record(tmp_path):

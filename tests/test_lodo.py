@@ -41,7 +41,7 @@ def test_preconditioner_starts_as_lr_times_identity(n, block_size, depth):
 
 
 def test_hidden_width_and_parameter_counts():
-    # SPEC §1: h is the smallest multiple of k strictly greater than 2n.
+    # METHODS.md §1: h is the smallest multiple of k strictly greater than 2n.
     assert [hidden_width(n, 4) for n in (2, 100, 94_696)] == [8, 204, 189_396]
     assert hidden_width(94_696, 4) * 4 * 16 == 12_121_344
     counts = {}
@@ -156,7 +156,7 @@ def test_state_dict_round_trip_is_bitwise(kwargs):
 
 
 def test_learns_the_inverse_hessian_on_a_noisy_quadratic():
-    """SPEC §1 theory: on n = 20, κ = 100, ‖I − GH‖_F/√n falls well below its initial value."""
+    """METHODS.md §1 theory: on n = 20, κ = 100, ‖I − GH‖_F/√n falls well below its initial value."""
     task = NoisyQuadratic(n=20, min_eigenvalue=0.01, seed=0)
     optimizer = LODO(task.parameters(), lr=0.3, meta_lr=1e-3, beta=0.2, seed=0)
     initial = task.metrics(optimizer)["hessian_error"]
@@ -219,3 +219,69 @@ def test_rejects_several_parameter_groups():
     a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
     with pytest.raises(ValueError, match="single parameter group"):
         LODO([{"params": [a]}, {"params": [b]}])
+
+
+# --- loading a learned preconditioner (the frozen-preconditioner test's θ) -------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()) or "default")
+def test_load_preconditioner_gives_the_learned_g_and_meta_lr_zero_keeps_it_frozen(kwargs):
+    task = NoisyQuadratic(n=10, seed=7)
+    learner = LODO(task.parameters(), **{"lr": 0.4, "meta_lr": 3e-3, "beta": 0.5, "seed": 11, **kwargs})
+    run(task, learner, 20)
+    state = learner.preconditioner_state()
+    assert state.keys() == learner.state_dict()["preconditioner"].keys()
+
+    fresh_task = NoisyQuadratic(n=10, seed=8)
+    frozen = LODO(fresh_task.parameters(), **{"lr": 0.4, "beta": 0.5, "seed": 12, **kwargs, "meta_lr": 0.0})
+    frozen.load_preconditioner(state)
+    assert torch.equal(frozen.preconditioner_matrix(), learner.preconditioner_matrix())
+    run(fresh_task, frozen, 10)
+    for key, value in frozen.preconditioner.state_dict().items():
+        assert torch.equal(value, state[key]), key  # meta_lr = 0: the meta-optimizer's update of θ is exactly 0
+
+
+def test_preconditioner_state_is_a_copy_and_loading_matches_the_module_load():
+    task = NoisyQuadratic(n=10, seed=7)
+    optimizer = LODO(task.parameters(), lr=0.4, meta_lr=3e-3, seed=11)
+    run(task, optimizer, 5)
+    state = optimizer.preconditioner_state()
+    before = optimizer.preconditioner_matrix()
+    for value in state.values():
+        value.zero_()
+    assert torch.equal(optimizer.preconditioner_matrix(), before)
+
+    state = optimizer.preconditioner_state()
+    a_task, b_task = NoisyQuadratic(n=10, seed=3), NoisyQuadratic(n=10, seed=3)
+    a = LODO(a_task.parameters(), lr=0.4, meta_lr=3e-3, seed=5)
+    b = LODO(b_task.parameters(), lr=0.4, meta_lr=3e-3, seed=5)
+    a.load_preconditioner(state)
+    b.preconditioner.load_state_dict(state)  # what lodo.run did before the method existed: the same, bitwise
+    assert run(a_task, a, 10) == run(b_task, b, 10) and torch.equal(a_task.x, b_task.x)
+
+
+@pytest.mark.parametrize(
+    "saved,match",
+    [
+        (dict(n=12), r"shape \(.*\), expected"),  # another n
+        (dict(block_size=5), r"shape \(.*\), expected"),
+        (dict(depth=3), "missing"),
+        (dict(preconditioner="diagonal"), "missing"),
+    ],
+)
+def test_load_preconditioner_refuses_another_size_or_kind_and_changes_nothing(saved, match):
+    task = NoisyQuadratic(n=10, seed=0)
+    optimizer = LODO(task.parameters(), lr=0.4, seed=1)
+    other_task = NoisyQuadratic(n=saved.pop("n", 10), seed=0)
+    other = LODO(other_task.parameters(), lr=0.4, seed=2, **saved)
+    before = optimizer.preconditioner_state()
+    with pytest.raises(ValueError, match=match):
+        optimizer.load_preconditioner(other.preconditioner_state())
+    for key, value in optimizer.preconditioner.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_load_preconditioner_refuses_a_whole_state_dict():
+    optimizer = LODO([torch.zeros(4, dtype=torch.float64, requires_grad=True)], seed=0)
+    with pytest.raises(ValueError, match="pass its 'preconditioner' entry"):
+        optimizer.load_preconditioner(optimizer.state_dict())

@@ -1,16 +1,16 @@
-"""The optimized LODO step (``backend="torch"``) against a straightforward reference, bit for bit (issue 6), and the
-benchmark's smoke test. The C path (``backend="native"``) is checked against the same reference in test_lodo_native.
+"""LODO's fast paths against plain definitions (the benchmark's tests, LODO's state among them, are in
+test_bench). The C path (``backend="native"``) is checked against the same definitions in test_lodo_native.
 
-The reference below is LODO written plainly: autograd through every layer and every multiply-add, gathers by
-indexing with the paper's permutations π_ℓ (layout changes spelled out as separate index operations),
-``torch.optim.Adam(fused=True)`` on each layer's blocks. The optimized step (one autograd node with a hand-written
-backward, the permutations folded into ``index_select`` gathers, whole-layer products, one meta-Adam over all
-layers, gradients handed over without copies) must give the same bits; so must the residual ablation's one-node
-backward against autograd through its layers. Both keep blocks as (k, k, C): the same sums in the same order. The
-(C, k, k) ``@`` form of the paper's code sums in another order, so it is checked to round-off.
+Two plain forms of the Kronecker stack are used. The library's :func:`kronecker_reference` is the definition (the
+(C, k, k) blocks times row vectors with ``@``, as in the authors' code): the fast paths agree with it to round-off,
+for several depths and block sizes, n not a multiple of k. :func:`kronecker_plain` below is the fast path's own
+arithmetic spelled out (its layouts reached by indexing with the π_ℓ, autograd through every multiply-add), so
+the optimized step (one autograd node with a hand-written backward, the permutations folded into ``index_select``
+gathers, whole-layer products, one meta-Adam over all layers, gradients handed over without copies) must give the
+same bits as :class:`ReferenceLODO`, LODO written plainly with it and ``torch.optim.Adam(fused=True)`` on each
+layer's blocks. The residual ablation's plain definition (:func:`residual_reference`) already sums in the fast
+path's order, so its one-node backward must equal autograd through it bit for bit.
 """
-
-import csv
 
 import pytest
 import torch
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lodo import LODO
-from lodo.bench import COLUMNS, main, state_bytes
 from lodo.optim.preconditioners import KroneckerPreconditioner, ResidualPreconditioner
 from lodo.tasks import NoisyQuadratic
 
@@ -110,79 +109,118 @@ def test_matches_the_reference_bitwise_on_a_module():
 
 
 def kronecker_plain(v, perms, blocks, width, k):
-    """P(θ)·v through autograd, layer by layer: z ← z[π_ℓ], then z ← z·B(θ⁽ℓ⁾); after the N layers, the transposes.
+    """P(θ)·v in the fast path's arithmetic, through autograd layer by layer: z ← z[π_ℓ], then z ← B_ℓ z; after
+    the N layers, the transposes (:class:`KroneckerPreconditioner`'s box).
 
-    ``blocks[ℓ][i, o, c]`` is entry (i, o) of block c; the layer products run on (k, C) views of the vector
-    (entry i of block c at i·C + c), reached from the natural order by indexing.
+    ``blocks[ℓ][i, o, c]`` is θ_ℓ[c][i, o]; the block products run on (k, C) views of the vector (the column layout:
+    entry i of block c at i·C + c), reached from the natural order by indexing.
     """
     lead, n = v.shape[:-1], v.shape[-1]
-    stored = torch.arange(width).view(-1, k).T.reshape(-1)  # the natural index held at each (k, C) position
-    natural = torch.argsort(stored)
+    natural = torch.arange(width).view(-1, k).T.reshape(-1)  # the natural index held at each column position
+    column = torch.argsort(natural)  # the column position of each natural index
 
-    def to_blocks(z):
-        return z[..., stored].reshape(*lead, k, -1)
+    def to_columns(z):
+        return z[..., natural].reshape(*lead, k, -1)
 
-    def from_blocks(z):
-        return z.reshape(*lead, -1)[..., natural]
+    def from_columns(z):
+        return z.reshape(*lead, -1)[..., column]
 
     z = F.pad(v, (0, width - n))
     for perm, w in zip(perms, blocks):
-        z = to_blocks(z[..., perm])
+        z = to_columns(z[..., perm])
         out = z[..., 0:1, :] * w[0]
         for i in range(1, k):
             out = torch.addcmul(out, z[..., i : i + 1, :], w[i])
-        z = from_blocks(out)
+        z = from_columns(out)
     for perm, w in zip(reversed(perms), reversed(blocks)):
-        z = to_blocks(z)
+        z = to_columns(z)
         out = w[:, 0] * z[..., 0:1, :]
         for o in range(1, k):
             out = torch.addcmul(out, w[:, o], z[..., o : o + 1, :])
-        z = from_blocks(out)[..., torch.argsort(perm)]
+        z = from_columns(out)[..., torch.argsort(perm)]
     return z[..., :n]
 
 
 def layer_by_layer(pre, v):
-    """P(θ)·v through autograd layer by layer, gathers by indexing: the plain form of both one-node Functions."""
+    """P(θ)·v through autograd layer by layer, in the fast path's order: the plain form of both one-node Functions."""
     if isinstance(pre, KroneckerPreconditioner):
         return kronecker_plain(v, list(pre.perms), list(pre.blocks), pre.width, pre.block_size)
-    z = F.pad(v, (0, pre.width - pre.n))
-    perms = list(pre.perms)
-    for perm, w in zip(perms, pre.weights):
-        z = z + w * z[..., perm]
-    z = pre.diagonal * z
-    for perm, w in zip(reversed(perms), reversed(pre.weights)):
-        z = z + (w * z)[..., torch.argsort(perm)]
-    return z[..., : pre.n]
+    return pre.reference(v)
 
 
-def test_the_paper_block_matrix_form_agrees_to_round_off():
-    """The (C, k, k) blocks times row vectors with ``@``, as in the authors' code (reference §2.1)."""
-    pre = KroneckerPreconditioner(30, depth=6, block_size=4, generator=torch.Generator().manual_seed(2))
+def perturbed(kind: str, n: int, depth: int, block_size: int | None = None, backend: str = "torch"):
+    """A preconditioner moved off its initialization (P = I there for the Kronecker stack)."""
+    generator = torch.Generator().manual_seed(1)
+    if kind == "kronecker":
+        pre = KroneckerPreconditioner(n, depth, block_size, generator, backend=backend)
+    else:
+        pre = ResidualPreconditioner(n, depth, generator, backend=backend)
     with torch.no_grad():
-        for w in pre.blocks:
-            w.add_(0.1 * torch.randn(w.shape, dtype=w.dtype, generator=torch.Generator().manual_seed(3)))
-    v = torch.randn(5, 30, dtype=torch.float64)
-    z = F.pad(v, (0, pre.width - 30))
-    for layer, perm in enumerate(pre.perms):
-        z = (z[..., perm].reshape(5, -1, 1, 4) @ pre.block(layer)).reshape(5, -1)
-    for layer in reversed(range(len(pre.blocks))):
-        z = (z.reshape(5, -1, 1, 4) @ pre.block(layer).mT).reshape(5, -1)[..., torch.argsort(pre.perms[layer])]
+        for theta in pre.parameters():
+            theta.add_(0.1 * torch.randn(theta.shape, generator=generator, dtype=theta.dtype))
+    return pre
+
+
+SHAPES = [  # (kind, n, depth, block size): n mostly not a multiple of k
+    ("kronecker", 30, 6, 4),
+    ("kronecker", 13, 4, 3),
+    ("kronecker", 7, 3, 1),
+    ("kronecker", 9, 2, 7),
+    ("kronecker", 20, 1, 4),
+    ("kronecker", 5, 0, 4),
+    ("residual", 13, 5, None),
+    ("residual", 4, 1, None),
+]
+
+
+@pytest.mark.parametrize("lead", [(), (2, 3)])
+@pytest.mark.parametrize("kind,n,depth,block_size", SHAPES)
+def test_fast_path_matches_the_plain_definition(kind, n, depth, block_size, lead):
+    """``forward`` and its backward (for θ and for inputs that need gradients) against autograd through the
+    library's plain ``reference``, float64, to round-off."""
+    pre = perturbed(kind, n, depth, block_size)
+    v = torch.randn(*lead, n, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(*lead, n, dtype=torch.float64)
+    fast, plain = pre(v), pre.reference(v)
+    torch.testing.assert_close(fast, plain, rtol=1e-13, atol=1e-13)
+    inputs = [v, *pre.parameters()]
+    for a, b in zip(torch.autograd.grad(fast, inputs, cotangent), torch.autograd.grad(plain, inputs, cotangent)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("n,depth,block_size", [(30, 6, 4), (13, 4, 3), (9, 2, 7), (5, 0, 4)])
+def test_kronecker_definition_starts_at_the_identity_and_its_tables_are_what_the_docstring_says(n, depth, block_size):
+    pre = KroneckerPreconditioner(n, depth, block_size, torch.Generator().manual_seed(2))
+    eye = torch.eye(n, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.allclose(pre(v), z[..., :30], rtol=0, atol=1e-13)
+        torch.testing.assert_close(pre.reference(eye), eye, rtol=0, atol=1e-14)  # G̃ orthogonal: P(θ₀) = EᵀE = I
+    h = pre.width
+    assert h % block_size == 0 and 2 * n < h <= 2 * n + block_size
+    assert pre.perms.shape == pre.gather_pi.shape == pre.gather_pi_t.shape == (depth, h)
+    for pi, gather, inverse in zip(pre.perms, pre.gather_pi, pre.gather_pi_t):
+        assert torch.equal(pi.sort().values, torch.arange(h))
+        assert torch.equal(inverse, torch.argsort(gather).int())
+
+
+def test_state_dicts_with_the_former_four_index_tables_load():
+    """Before the tables were named gather_pi and gather_pi_t, state dicts held them with their inverses."""
+    saved = KroneckerPreconditioner(11, depth=3, block_size=3, generator=torch.Generator().manual_seed(5))
+    state = {k: v for k, v in saved.state_dict().items() if not k.startswith("gather")}
+    state |= dict(forward_gathers=saved.gather_pi, reverse_gathers=saved.gather_pi_t)
+    state |= dict(forward_inverses=saved.gather_pi_t, reverse_inverses=saved.gather_pi)
+    loaded = KroneckerPreconditioner(11, depth=3, block_size=3, generator=torch.Generator().manual_seed(6))
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.perms, saved.perms)
+    v = torch.randn(11, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(loaded(v), saved(v))
 
 
 @pytest.mark.parametrize("kind", ["kronecker", "residual"])
 @pytest.mark.parametrize("lead", [(), (2, 3)])
 def test_hand_written_backward_equals_autograd_for_batches_and_inputs(kind, lead):
-    """Each one-node backward against autograd through the layers, for inputs that need gradients too."""
-    generator = torch.Generator().manual_seed(1)
-    if kind == "kronecker":
-        pre = KroneckerPreconditioner(13, depth=4, block_size=3, generator=generator)
-    else:
-        pre = ResidualPreconditioner(13, depth=5, generator=generator)
-    with torch.no_grad():  # move θ off its initialization (P = I there for the Kronecker stack)
-        for theta in pre.parameters():
-            theta.add_(0.1 * torch.randn(theta.shape, generator=generator, dtype=theta.dtype))
+    """Each one-node backward against autograd through the layers in the same order, bit for bit."""
+    pre = perturbed(kind, 13, 4, 3) if kind == "kronecker" else perturbed(kind, 13, 5)
     v = torch.randn(*lead, 13, dtype=torch.float64, requires_grad=True)
     cotangent = torch.randn(*lead, 13, dtype=torch.float64)
     fast = torch.autograd.grad(pre(v), [v, *pre.parameters()], cotangent)
@@ -208,52 +246,6 @@ def test_foreach_meta_adam_agrees_with_the_fused_default_to_round_off():
     (x, G), (x_fused, G_fused) = (trained_on_a_quadratic(20, fused=fused) for fused in (False, True))
     assert torch.allclose(x, x_fused, rtol=1e-9, atol=1e-12)
     assert torch.allclose(G, G_fused, rtol=1e-9, atol=1e-12)
-
-
-def test_state_holds_theta_its_gradient_moments_and_one_step_of_activations_only():
-    """Between steps: θ, its hypergradient and 2 meta-Adam moments (4W values), 2·depth activations of width h, m."""
-    n, depth = 300, 16
-    task = NoisyQuadratic(n=n, seed=0)
-    optimizer = LODO(task.parameters(), lr=0.1, meta_lr=1e-3, seed=0, depth=depth)
-    for _ in range(3):
-        task.x.grad = None
-        task.loss(task.sample_batch()).backward()
-        optimizer.step()
-    h, W = optimizer.preconditioner.width, optimizer.num_meta_parameters
-    assert W <= 129 * n
-    values = 4 * W + 2 * depth * h + n
-    permutations = 2 * depth * h * 8  # the fixed int64 permutations and their inverses
-    assert state_bytes(optimizer, task.parameters()) <= values * 8 + permutations + 4096
-
-
-def test_bench_quick_writes_its_csv(tmp_path):
-    output, threads = tmp_path / "bench.csv", torch.get_num_threads()
-    try:
-        rows = main(["--quick", "--threads", "1", "--output", str(output), "--optimizers", "lodo", "lodo_foreach"])
-    finally:
-        torch.set_num_threads(threads)
-    with open(output) as file:
-        written = list(csv.DictReader(file))
-    assert list(written[0]) == COLUMNS
-    assert {row["optimizer"] for row in written} == {"adam", "lodo", "lodo_foreach"}
-    assert len(written) == len(rows) == 6
-    assert all(float(row["step_ms"]) > 0 and float(row["state_bytes"]) >= 0 for row in written)
-
-
-def test_bench_memory_budget_is_per_optimizer(tmp_path, monkeypatch):
-    """Each optimizer fits half the free memory on its own; the estimates of earlier ones do not use it up."""
-    import lodo.bench
-
-    n_values = lodo.bench.VALUES_PER_PARAMETER["lodo"] * 100 * 8  # LODO's estimate at n = 100, float64
-    monkeypatch.setattr(lodo.bench, "free_memory", lambda device: 2.5 * n_values)  # room for one LODO at a time
-    threads = torch.get_num_threads()
-    try:
-        args = ["--quick", "--threads", "1", "--cases", "quadratic_100", "--output", str(tmp_path / "bench.csv")]
-        rows = main([*args, "--optimizers", "lodo", "lodo_torch", "lodo_foreach"])
-    finally:
-        torch.set_num_threads(threads)
-    assert {row["optimizer"] for row in rows} == {"adam", "lodo", "lodo_torch", "lodo_foreach"}
-    assert not any(row.get("note", "").startswith("skipped") for row in rows)
 
 
 def test_compile_is_for_the_kronecker_preconditioner_only():

@@ -1,19 +1,19 @@
-"""LODO's C path (``backend="native"``, lodo/optim/native.c) against the plain references of test_lodo_fast.
+"""LODO's C path (``backend="native"``, lodo/optim/native.c) against the preconditioners' plain definitions
+(their ``reference`` method) and test_lodo_fast's plain LODO.
 
-The C kernel sums in its own order, so it agrees with the references to round-off, not bitwise: ~1e-12 relative
-in float64 after 20 optimizer steps, ~1e-4 in float32. No test here depends on timing.
+The C kernel sums in its own order, so it agrees with them to round-off, not bitwise: ~1e-12 relative in float64
+after 20 optimizer steps, ~1e-4 in float32. No test here depends on timing.
 """
 
 import warnings
 
 import pytest
 import torch
-from test_lodo_fast import layer_by_layer, train_beside_reference
+from test_lodo_fast import SHAPES, perturbed, train_beside_reference
 
 from lodo import LODO
 from lodo.optim import native
 from lodo.optim.lodo import NATIVE_MAX_N
-from lodo.optim.preconditioners import KroneckerPreconditioner, ResidualPreconditioner
 from lodo.tasks import NoisyQuadratic
 
 try:
@@ -66,36 +66,20 @@ def test_native_and_torch_backends_agree(preconditioner, dtype):
     assert all(close(a.detach(), b.detach()) for a, b in zip(*results))
 
 
-def perturbed(kind: str, depth: int, block_size: int, dtype: torch.dtype):
-    """A preconditioner moved off its initialization (P = I there for the Kronecker stack), backend="native"."""
-    generator = torch.Generator().manual_seed(1)
-    if kind == "kronecker":
-        pre = KroneckerPreconditioner(13, depth, block_size, generator, backend="native")
-    else:
-        pre = ResidualPreconditioner(13, depth, generator, backend="native")
-    pre = pre.to(dtype)
-    with torch.no_grad():
-        for theta in pre.parameters():
-            theta.add_(0.1 * torch.randn(theta.shape, generator=generator, dtype=torch.float64).to(dtype))
-    return pre
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("lead", [(), (2, 3)])
-@pytest.mark.parametrize(
-    "kind,depth,block_size",
-    [("kronecker", 16, 4), ("kronecker", 1, 4), ("kronecker", 4, 3), ("kronecker", 3, 1), ("residual", 5, None)],
-)
-def test_native_product_and_backward_match_autograd_through_the_layers(kind, depth, block_size, dtype, lead):
-    """The C forward and backward (for θ and for inputs that need gradients, batched) against plain autograd."""
-    pre = perturbed(kind, depth, block_size, dtype)
-    v = torch.randn(*lead, 13, dtype=dtype, requires_grad=True)
-    cotangent = torch.randn(*lead, 13, dtype=dtype)
+@pytest.mark.parametrize("kind,n,depth,block_size", [*SHAPES, ("kronecker", 13, 16, 4)])
+def test_native_product_and_backward_match_the_plain_definition(kind, n, depth, block_size, dtype, lead):
+    """The C forward and backward (for θ and for inputs that need gradients, batched) against autograd through
+    the plain ``reference``."""
+    pre = perturbed(kind, n, depth, block_size, backend="native").to(dtype)
+    v = torch.randn(*lead, n, dtype=dtype, requires_grad=True)
+    cotangent = torch.randn(*lead, n, dtype=dtype)
     fast = torch.autograd.grad(pre(v), [v, *pre.parameters()], cotangent)
-    plain = torch.autograd.grad(layer_by_layer(pre, v), [v, *pre.parameters()], cotangent)
+    plain = torch.autograd.grad(pre.reference(v), [v, *pre.parameters()], cotangent)
     assert all(close(a, b) for a, b in zip(fast, plain))
     with torch.no_grad():
-        assert close(pre(v), layer_by_layer(pre, v))
+        assert close(pre(v), pre.reference(v))
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(depth=1), dict(block_size=1), dict(preconditioner="residual")])

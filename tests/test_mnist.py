@@ -1,4 +1,4 @@
-"""MNIST autoregression: the data, the paper's CNN, the 5-channel inputs, the losses and the samples (SPEC §3)."""
+"""MNIST autoregression: the data, the paper's CNN, the 5-channel inputs, the losses and the samples (METHODS.md §3)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def task():
 
 
 def reference_inputs(image: torch.Tensor, row: int, col: int) -> torch.Tensor:
-    """SPEC §3's input definition written out pixel by pixel, for one image: (5, 28, 28) float64."""
+    """METHODS.md §3's input definition written out pixel by pixel, for one image: (5, 28, 28) float64."""
     inputs = torch.zeros(5, 28, 28, dtype=torch.float64)
     for r in range(28):
         for c in range(28):
@@ -77,6 +77,17 @@ def test_cnn_has_the_papers_94696_parameters():
     shapes = [tuple(p.shape) for p in model.parameters()]
     block = [(40, 20, 1, 1), (40,), (120, 1, 3, 3), (120,), (20, 120, 1, 1), (20,)]
     assert shapes == [(20, 5, 1, 1), (20,)] + 20 * block + [(256, 20), (256,)]
+
+
+def test_the_reduced_cnn_is_a_separate_task_with_7432_parameters_and_the_papers_task_keeps_94696():
+    from lodo.tasks import MnistAutoregression, MnistAutoregressionSmall, task_class
+
+    small = MnistAutoregressionSmall(batch_size=2, validation_images=0, test_images=0, samples=0)
+    assert task_class("mnist_small") is MnistAutoregressionSmall and small.num_parameters == 7_432
+    assert len(small.model.blocks) == 5 and small.model.dense.in_features == 8  # one block per stage, 8 channels
+    assert MnistAutoregression.network == {"channels": 20, "blocks_per_stage": 4}  # the paper's CNN, untouched
+    batch = small.sample_batch()
+    assert small.loss(batch).shape == () and batch.inputs.shape == (2, 5, 28, 28)
 
 
 def test_cnn_initialization_is_seeded_normal_with_std_one_over_root_fan_in_plus_one():

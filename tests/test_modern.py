@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from lodo.optim.hypergradient import SGDHD
 from lodo.optim.registry import build_optimizer, optimizer_spec
+from lodo.optim.sgd_hd import SGDHD
 from lodo.tasks import NoisyQuadratic, Rosenbrock
 from lodo.train import train as train_loop
 

@@ -1,4 +1,4 @@
-"""Correctness of the quasi-Newton and first-order baselines against their formulas (reference §3.4–3.11)."""
+"""Correctness of the quasi-Newton and first-order baselines against their formulas (METHODS.md §A.3.4–A.3.11)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_online_lbfgs_step_follows_the_reference_formula(cls):
         grad = task.H @ (x_t - closure.batch)
         if cls is OLBFGS:  # O-LBFGS: the mean of s·y/y·y over the memory
             scale = sum(float(a @ b / (b @ b)) for a, b in zip(s, y, strict=True)) / len(s)
-        else:  # SPEC §7.4: the newest pair (the authors used the oldest by mistake)
+        else:  # METHODS.md §7.4: the newest pair (the authors used the oldest by mistake)
             scale = float(s[-1] @ y[-1] / (y[-1] @ y[-1]))
         expected = eta_0 * tau / (tau + t) * two_loop_recursion(grad, s, y, scale)
         optimizer.step(closure)
@@ -196,11 +196,10 @@ def test_bfgs_first_step_is_scaled_gradient_descent_and_uses_the_parameter_dtype
 
 def test_levenberg_marquardt_with_small_lambda_solves_a_quadratic_in_one_step():
     task = deterministic_quadratic(n=8)
-    optimizer = LevenbergMarquardt(task.parameters(), hessian=lambda: task.hessian(task.current_batch), lam=1e-12)
+    optimizer = LevenbergMarquardt(task.parameters(), lam=1e-12)
     closure = CountingClosure(task, optimizer)
-    task.current_batch = closure.batch
     initial = float(task.loss(closure.batch).detach())
-    optimizer.step(closure)
+    optimizer.step(closure, hessian=task.hessian(closure.batch))
     assert closure.calls == 1
     assert float(task.loss(task.sample_batch()).detach()) < 1e-16 * initial
 
@@ -208,12 +207,72 @@ def test_levenberg_marquardt_with_small_lambda_solves_a_quadratic_in_one_step():
 def test_levenberg_marquardt_step_matches_the_formula():
     task = deterministic_quadratic(n=5)
     lam = 0.7
-    optimizer = LevenbergMarquardt(task.parameters(), hessian=lambda: task.H, lam=lam)
+    optimizer = LevenbergMarquardt(task.parameters(), lam=lam)
     x0 = task.x.detach().clone()
-    optimizer.step(CountingClosure(task, optimizer))
+    optimizer.step(CountingClosure(task, optimizer), hessian=task.H)
     h, g = task.H, task.H @ x0
     system = h @ h + lam * torch.diag(torch.diagonal(h @ h))
     torch.testing.assert_close(task.x.detach(), x0 - torch.linalg.solve(system, h @ g))
+
+
+def test_levenberg_marquardt_needs_the_hessian_passed_to_step():
+    task = deterministic_quadratic(n=3)
+    optimizer = LevenbergMarquardt(task.parameters())
+    x0 = task.x.detach().clone()
+    with pytest.raises(ValueError, match="needs hessian="):
+        optimizer.step(CountingClosure(task, optimizer))
+    with pytest.raises(ValueError, match=r"shape \(2, 2\), expected \(3, 3\)"):
+        optimizer.step(CountingClosure(task, optimizer), hessian=torch.eye(2, dtype=torch.float64))
+    assert torch.equal(task.x.detach(), x0)  # refused before moving x
+    assert LevenbergMarquardt.step_inputs == {"hessian"}
+
+
+def test_training_loop_passes_the_exact_hessian_of_each_batch():
+    """The loop computes the Hessian of the iteration's batch and hands it to step(); none goes through the task."""
+    from lodo.tasks import Rosenbrock
+    from lodo.train import train
+
+    task = Rosenbrock()
+    optimizer = LevenbergMarquardt(task.parameters(), lam=1e-3)
+    received = []
+    step = optimizer.step
+
+    def recording_step(closure=None, hessian=None):
+        received.append((task.xy.detach().clone(), hessian))
+        return step(closure, hessian=hessian)
+
+    optimizer.step = recording_step
+    summary = train(task, optimizer, steps=3, progress=False)
+    assert summary["status"] == "completed" and len(received) == 3
+    for xy, hessian in received:
+        x, y = xy.tolist()
+        exact = torch.tensor([[0.02 + 12 * x**2 - 4 * y, -4 * x], [-4 * x, 2.0]], dtype=torch.float64)
+        torch.testing.assert_close(hessian, exact)
+
+
+def test_training_loop_refuses_a_task_without_the_hessian_an_optimizer_needs():
+    from lodo.tasks.base import Task
+    from lodo.train import train
+
+    class NoHessian(Task):
+        name = "no_hessian"
+        provides = frozenset({"closure"})
+
+        def __init__(self):
+            self.x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+
+        def parameters(self):
+            return [self.x]
+
+        def sample_batch(self):
+            return None
+
+        def loss(self, batch):
+            return (self.x**2).sum()
+
+    task = NoHessian()
+    with pytest.raises(ValueError, match="LevenbergMarquardt needs hessian, which no_hessian does not provide"):
+        train(task, LevenbergMarquardt(task.parameters()), steps=2, progress=False)
 
 
 # --- Yogi and LARS ------------------------------------------------------------------------------------------

@@ -64,13 +64,21 @@ def test_multirun_sweeps_and_resumes(tmp_path):
     ]
     losses = [pd.read_csv(r / "metrics.csv")["loss"].tolist() for r in runs]
     assert losses[0] == losses[1]  # Rosenbrock is deterministic
-    # An interrupted sweep: one run lost its summary. The rerun redoes it and leaves the others untouched.
+    # An interrupted sweep: one run lost its summary. The rerun redoes it and leaves the others untouched: each
+    # finished record is marked (a key in summary.json, a line after metrics.csv's rows) and must keep its marks.
     (runs[2] / "summary.json").unlink()
-    stamps = {r: (r / "summary.json").stat().st_mtime_ns for r in (runs[0], runs[1], runs[3])}
+    finished = (runs[0], runs[1], runs[3])
+    for run in finished:
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "marker": run.name}))
+        with open(run / "metrics.csv", "a") as file:
+            file.write(f"# marker {run.name}\n")
+    before = {run: ((run / "summary.json").read_text(), (run / "metrics.csv").read_text()) for run in finished}
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert is_complete(runs[2])
-    assert stamps == {r: (r / "summary.json").stat().st_mtime_ns for r in stamps}
+    assert is_complete(runs[2]) and "marker" not in json.loads((runs[2] / "summary.json").read_text())
+    assert len(pd.read_csv(runs[2] / "metrics.csv")) == 10  # redone from scratch: one row per step, no more
+    assert before == {run: ((run / "summary.json").read_text(), (run / "metrics.csv").read_text()) for run in finished}
     assert result.stdout.count("its record is complete") == 3
 
 
@@ -100,9 +108,29 @@ def test_wandb_offline_history_equals_local_metrics(tmp_path):
     assert set(keys) <= set(head["summary"]), set(keys) - set(head["summary"])
     assert head["summary"]["config_hash"] == summary["config_hash"] and head["summary"]["milestone/steps"] == 20
     assert head["config"]["task_name"] == "noisy_quadratic" and head["config"]["optimizer_name"] == "lodo"
-    # summary.json names the one mirror of this record, written before it.
+    # summary.json names the one mirror of this record (its order, mirror finished first: see the test below).
     assert summary["wandb"] == {"id": run_dir.name.rsplit("-", 1)[1], "dir": str(run_dir.relative_to(tmp_path))}
-    assert (tmp_path / summary["wandb"]["dir"]).stat().st_mtime_ns <= (tmp_path / "summary.json").stat().st_mtime_ns
+
+
+def test_the_mirror_is_finished_before_the_summary_says_the_run_is(tmp_path, monkeypatch):
+    import lodo.loggers
+    import lodo.run
+
+    events = []
+    finish, write_summary = lodo.loggers.WandbLogger.finish, lodo.run.write_summary
+
+    def finishing(self, summary):
+        events.append("mirror finished")
+        return finish(self, summary)
+
+    def writing_summary(run_dir, summary):
+        events.append(f"summary.json: {summary['status']}, wandb {summary['wandb'] is not None}")
+        return write_summary(run_dir, summary)
+
+    monkeypatch.setattr(lodo.loggers.WandbLogger, "finish", finishing)
+    monkeypatch.setattr(lodo.run, "write_summary", writing_summary)
+    execute(config("task=rosenbrock", "optimizer=adam", "steps=5"), tmp_path)
+    assert events == ["mirror finished", "summary.json: completed, wandb True"]
 
 
 def test_a_wandb_failure_keeps_the_local_record(tmp_path):
@@ -223,14 +251,19 @@ def test_long_evaluations_announce_their_cost(caplog):
 
 def test_the_summary_records_where_its_inputs_came_from(tmp_path):
     overrides = ("task=noisy_quadratic", "task.n=10", "optimizer=lodo", "steps=4", "logger=none", "progress=false")
-    summary = execute(config(*overrides, "optimizer.beta=0.5"), tmp_path / "swept")
+    authors = "tuned@optimizer=authors/noisy_quadratic/lodo"
+    summary = execute(config(*overrides, authors, "optimizer.beta=0.5"), tmp_path / "swept")
     tuned = summary["provenance"]["tuned"]
-    assert tuned["path"] == "configs/tuned/noisy_quadratic/lodo.yaml" and len(tuned["sha256"]) == 64
+    assert tuned["path"] == "configs/tuned/authors/noisy_quadratic/lodo.yaml" and len(tuned["sha256"]) == 64
     assert tuned["overridden"] == ["beta"] and tuned["tune_seed"] is None  # the authors' values: no tuning seed
+    es = execute(config(*overrides), tmp_path / "es")["provenance"]["tuned"]
+    assert es["path"] == "configs/tuned/noisy_quadratic/lodo.yaml" and es["overridden"] == []
     assert summary["provenance"]["newton_floor"] > 0 and summary["provenance"]["preconditioner_checkpoint"] is None
     reference = summary["hessian_reference"]
     assert reference["start"] > reference["best_scalar"] >= reference["best_diagonal"] > 0
     defaults = execute(config(*overrides, "~tuned@optimizer"), tmp_path / "defaults")
     assert defaults["provenance"]["tuned"] is None  # generation-0 defaults: no tuned file was read
     rosenbrock = execute(config("task=rosenbrock", "optimizer=adam", "steps=4", "logger=none"), tmp_path / "r")
-    assert rosenbrock["provenance"]["tuned"]["tune_seed"] == 0 and rosenbrock["hessian_reference"] is None
+    header = (Path(__file__).resolve().parents[1] / "configs/tuned/rosenbrock/adam.yaml").read_text().splitlines()[0]
+    assert f"tuning seed {rosenbrock['provenance']['tuned']['tune_seed']} " in header + " "
+    assert rosenbrock["hessian_reference"] is None

@@ -13,7 +13,7 @@ def test_quadratic_matches_spec():
     assert torch.allclose(eigenvalues, task.eigenvalues, rtol=1e-9, atol=1e-12)
     assert eigenvalues.max() / eigenvalues.min() == pytest.approx(1000, rel=1e-6)
     assert torch.equal(task.H, task.H.T)
-    assert task.newton_floor == pytest.approx(7.411847, abs=1e-6)  # SPEC §3: ½ tr H
+    assert task.newton_floor == pytest.approx(7.411847, abs=1e-6)  # METHODS.md §3: ½ tr H
 
 
 def test_quadratic_noise_and_same_batch():

@@ -1,4 +1,4 @@
-"""The paper's ES tuner (SPEC §5, reference §4.1 and §6): normalization, selection, convergence, resumption."""
+"""The paper's ES tuner (METHODS.md §5, §A.4.1 and §A.6): normalization, selection, convergence, resumption."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lodo.tune import SCHEDULES, denormalize, evolve, is_decay, normalize, score, select, tune
+from lodo.tune import SCHEDULES, denormalize, evolve, is_decay, median_seed, normalize, score, select, tune
 
 
 def test_decay_type_names_follow_reference_4_1():
@@ -28,7 +28,7 @@ def test_normalization_round_trips_and_clips_decay_values_at_zero():
     values = [0.03, 0.9, 0.0]
     assert list(denormalize(names, normalize(names, values)).values()) == pytest.approx(values)
     assert normalize(["beta"], [0.9])[0] == pytest.approx(math.log(0.1))
-    assert denormalize(["beta"], [0.5])["beta"] == 0.0  # 1 − e^0.5 < 0 is clipped (reference §4.1)
+    assert denormalize(["beta"], [0.5])["beta"] == 0.0  # 1 − e^0.5 < 0 is clipped (METHODS.md §A.4.1)
 
 
 def test_score_counts_non_finite_losses_as_failures():
@@ -78,9 +78,11 @@ def test_tuning_runs_through_the_runner_and_resumes(tmp_path):
     samples = sorted(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen*/sample*/summary.json"))
     assert len(samples) == 8
     assert report["schedule"]["steps"] == [5, 5] and report["generation0"] == {"lr": 0.01, "momentum": 0.0}
-    stamps = [p.stat().st_mtime_ns for p in samples]
+    for path in samples:  # a marker that a rerun sample would lose: the records are read back, not rewritten
+        path.write_text(json.dumps({**json.loads(path.read_text()), "marker": path.parent.name}))
+    before = [(p.read_text(), (p.parent / "metrics.csv").read_text()) for p in samples]
     again = tune(["task=rosenbrock", "optimizer=momentum"], args)
-    assert [p.stat().st_mtime_ns for p in samples] == stamps  # every sample was read back, none rerun
+    assert [(p.read_text(), (p.parent / "metrics.csv").read_text()) for p in samples] == before
     assert again["results"]["0"]["tuned"] == report["results"]["0"]["tuned"]
     # Another budget is another request: the samples are rerun, the old ones moved aside, not reused.
     args.max_steps, args.generations = 6, 1
@@ -88,3 +90,13 @@ def test_tuning_runs_through_the_runner_and_resumes(tmp_path):
     gen0 = sorted(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen0/sample*/summary.json"))
     assert [json.loads(p.read_text())["steps"] for p in gen0] == [6] * 4
     assert len(list(tmp_path.glob("rosenbrock/momentum/tune_seed0/gen0/sample*/stale-*/summary.stale.json"))) == 4
+
+
+def test_the_written_values_are_the_median_tuning_seeds_never_silently_the_first():
+    def report(*checks):
+        return {"results": {str(seed): {"check_loss": c} for seed, c in enumerate(checks)}}
+
+    assert median_seed(report(0.5, 0.1, 0.3)) == 2  # median of three
+    assert median_seed(report(0.1, 0.5, math.nan)) == 1  # a failed check counts as +inf
+    assert median_seed(report(0.4, 0.2, 0.3, 0.1)) == 1  # the lower median of four: 0.2
+    assert median_seed(report(7.0)) == 0

@@ -1,13 +1,13 @@
-"""The paper's other baselines (reference §3.4–3.12) and their registry entries.
+"""The paper's other baselines (METHODS.md §A.3.4–A.3.12) and their registry entries.
 
 Two small first-order optimizers live here because no library matches the reference closely enough:
 
 * :class:`Yogi` — pytorch-optimizer's ``Yogi`` always bias-corrects both moments (its ``adam_debias`` switch
-  only drops the first-moment correction) and starts the moments at 1e-6; the reference (§3.5) has no bias
+  only drops the first-moment correction) and starts the moments at 1e-6; the reference (METHODS.md §A.3.5) has no bias
   correction, zero initial moments and a fixed ε = 1e-3.
 * :class:`LARS` — pytorch-optimizer's ``LARS`` skips the trust ratio (and the weight decay) for every
   parameter with ``ndim ≤ 1`` and multiplies it by a trust coefficient, so on the quadratic and on Rosenbrock
-  (one vector each) it would be plain momentum SGD; the reference (§3.4) scales every layer group, with no
+  (one vector each) it would be plain momentum SGD; the reference (METHODS.md §A.3.4) scales every layer group, with no
   trust coefficient.
 
 The quasi-Newton baselines are in :mod:`lodo.optim.quasi_newton`, the learned LSTM optimizer in
@@ -30,7 +30,7 @@ VARIABLE_EVALUATIONS = 0  # OptimizerSpec.evaluations_per_step for optimizers wh
 
 
 class Yogi(Optimizer):
-    r"""Yogi (Zaheer et al. 2018) exactly as in the paper's code (reference §3.5): no bias correction, v₀ = 0.
+    r"""Yogi (Zaheer et al. 2018) exactly as in the paper's code (METHODS.md §A.3.5): no bias correction, v₀ = 0.
 
     ::
 
@@ -89,7 +89,7 @@ class Yogi(Optimizer):
 
 
 class LARS(Optimizer):
-    r"""LARS (You et al. 2017) as in the paper's code (reference §3.4), one trust ratio per parameter tensor.
+    r"""LARS (You et al. 2017) as in the paper's code (METHODS.md §A.3.4), one trust ratio per parameter tensor.
 
     ::
 
@@ -169,39 +169,112 @@ class LARS(Optimizer):
         return loss
 
 
-# --- registry entries (the builders' defaults are reference §4.2's generation-0 values) ---------------
+# --- registry entries: a builder per optimizer (no defaults: configs/optimizer/<name>.yaml), then its spec ------
+
+_SMALL_N = ("noisy_quadratic", "rosenbrock")
 
 
-def _yogi(params, task, lr=1e-3, beta1=0.9, beta2=0.999):
-    return Yogi(params, lr=lr, beta1=beta1, beta2=beta2)
+def _yogi(params, task, *, lr, beta_1, beta_2):
+    return Yogi(params, lr=lr, beta1=beta_1, beta2=beta_2)
 
 
-def _lars(params, task, lr=1e-3, momentum=0.9, weight_decay=5e-4, decay_steps=None):
+register(
+    OptimizerSpec(
+        name="yogi",
+        label="Yogi",
+        build=_yogi,
+        tuned=("lr", "beta_1", "beta_2"),
+        description="Yogi as in the paper's code: no bias correction, v₀ = 0, fixed ε = 1e-3 (METHODS.md §A.3.5)",
+    )
+)
+
+
+def _lars(params, task, *, lr, momentum, weight_decay, decay_steps):
     return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay, decay_steps=decay_steps)
 
 
-def _lbfgs_no_line_search(params, task, eta_0=1e-3, tau=1e4, epsilon=1e-10, memory=48):
+register(
+    OptimizerSpec(
+        name="lars",
+        label="LARS",
+        build=_lars,
+        tuned=("lr", "momentum", "weight_decay"),
+        description="LARS: trust ratio ‖x‖/(‖g‖ + wd‖x‖) per parameter tensor, heavy-ball momentum (METHODS.md §A.3.4)",
+    )
+)
+
+
+def _lbfgs_no_line_search(params, task, *, eta_0, tau, epsilon, memory):
     return LBFGSNoLineSearch(params, eta_0=eta_0, tau=tau, epsilon=epsilon, memory=memory)
 
 
-def _olbfgs(params, task, eta_0=1e-3, tau=1e4, epsilon=1e-10, memory=48):
+register(
+    OptimizerSpec(
+        name="lbfgs_no_line_search",
+        label="L-BFGS-no-line-search",
+        build=_lbfgs_no_line_search,
+        tuned=("eta_0", "tau", "epsilon"),
+        needs=frozenset({"closure"}),
+        evaluations_per_step=2,
+        description="online L-BFGS, no line search, scaled by the newest pair (METHODS.md §A.3.6, §7.4)",
+    )
+)
+
+
+def _olbfgs(params, task, *, eta_0, tau, epsilon, memory):
     return OLBFGS(params, eta_0=eta_0, tau=tau, epsilon=epsilon, memory=memory)
 
 
-def _bfgs(params, task, lr=1e-2, h0_scale=1.0):
+register(
+    OptimizerSpec(
+        name="olbfgs",
+        label="O-LBFGS",
+        build=_olbfgs,
+        tuned=("eta_0", "tau", "epsilon"),
+        needs=frozenset({"closure"}),
+        evaluations_per_step=2,
+        description="O-LBFGS (Schraudolph et al. 2007): online L-BFGS with averaged scaling (METHODS.md §A.3.7)",
+    )
+)
+
+
+def _bfgs(params, task, *, lr, h0_scale):
     return BFGS(params, lr=lr, h0_scale=h0_scale)
 
 
-def _levenberg_marquardt(params, task, lam=1.0):
-    if task is None:
-        raise ValueError("levenberg_marquardt needs the task (its exact Hessian): build it with the task")
-    return LevenbergMarquardt(params, hessian=lambda: task.hessian(task.current_batch), lam=lam)
+register(
+    OptimizerSpec(
+        name="bfgs",
+        label="BFGS",
+        build=_bfgs,
+        tuned=("lr", "h0_scale"),
+        tasks=_SMALL_N,
+        tasks_reason="it keeps a dense n×n inverse-Hessian approximation (the paper ran it on the quadratic)",
+        description="BFGS: dense inverse-Hessian update, fixed step, no line search (METHODS.md §A.3.11)",
+    )
+)
 
 
-def _lbfgs(params, task, lr=1.0, history_size=10, max_iter=1, max_line_search=25):
+def _levenberg_marquardt(params, task, *, lam):
+    return LevenbergMarquardt(params, lam=lam)  # the training loop passes step(closure, hessian=...)
+
+
+register(
+    OptimizerSpec(
+        name="levenberg_marquardt",
+        label="Levenberg-Marquardt",
+        build=_levenberg_marquardt,
+        tuned=("lam",),
+        needs=LevenbergMarquardt.step_inputs,  # {"hessian"}: the exact Hessian, passed to every step()
+        description="Levenberg–Marquardt with the exact Hessian: x − (HH + λ diag HH)⁻¹Hg (METHODS.md §A.3.10)",
+    )
+)
+
+
+def _lbfgs(params, task, *, lr, history_size, max_iter, max_line_search):
     """torch.optim.LBFGS with a strong-Wolfe line search; ``max_iter`` L-BFGS iterations per ``step()`` call.
 
-    With ``max_iter=1`` (the default) the training loop records one row per L-BFGS iteration and its
+    With ``max_iter=1`` (the config's value) the training loop records one row per L-BFGS iteration and its
     milestones work as for every other optimizer. The price: each ``step()`` starts by evaluating the closure
     at the point where the previous line search stopped, which on a deterministic task repeats an evaluation
     the line search already made (at most one extra evaluation per iteration; every evaluation is counted as a
@@ -217,79 +290,17 @@ def _lbfgs(params, task, lr=1.0, history_size=10, max_iter=1, max_line_search=25
     )
 
 
-def _l2lbgdbgd(params, task, weights=None):
-    from lodo.optim.l2l import L2LOptimizer  # imported here so `python -m lodo.optim.l2l` runs cleanly
-
-    return L2LOptimizer(params, weights=weights)
-
-
-_SMALL_N = ("noisy_quadratic", "rosenbrock")
-
 register(
     OptimizerSpec(
-        "yogi",
-        _yogi,
-        ("lr", "beta1", "beta2"),
-        description="Yogi as in the paper's code: no bias correction, v₀ = 0, fixed ε = 1e-3 (ref. §3.5)",
-    )
-)
-register(
-    OptimizerSpec(
-        "lars",
-        _lars,
-        ("lr", "momentum", "weight_decay"),
-        description="LARS: a trust ratio ‖x‖/(‖g‖ + wd‖x‖) per parameter tensor, heavy-ball momentum (§3.4)",
-    )
-)
-register(
-    OptimizerSpec(
-        "lbfgs_no_line_search",
-        _lbfgs_no_line_search,
-        ("eta_0", "tau", "epsilon"),
-        needs=frozenset({"closure"}),
-        evaluations_per_step=2,
-        description="online L-BFGS, no line search, scaled by the newest pair (reference §3.6, SPEC §7.4)",
-    )
-)
-register(
-    OptimizerSpec(
-        "olbfgs",
-        _olbfgs,
-        ("eta_0", "tau", "epsilon"),
-        needs=frozenset({"closure"}),
-        evaluations_per_step=2,
-        description="O-LBFGS (Schraudolph et al. 2007): online L-BFGS with averaged scaling (reference §3.7)",
-    )
-)
-register(
-    OptimizerSpec(
-        "bfgs",
-        _bfgs,
-        ("lr", "h0_scale"),
-        tasks=_SMALL_N,
-        tasks_reason="it keeps a dense n×n inverse-Hessian approximation (the paper ran it on the quadratic)",
-        description="BFGS: dense inverse-Hessian update, fixed step, no line search (reference §3.11)",
-    )
-)
-register(
-    OptimizerSpec(
-        "levenberg_marquardt",
-        _levenberg_marquardt,
-        ("lam",),
-        needs=frozenset({"hessian"}),
-        description="Levenberg–Marquardt with the exact Hessian: x − (HH + λ diag HH)⁻¹Hg (reference §3.10)",
-    )
-)
-register(
-    OptimizerSpec(
-        "lbfgs",
-        _lbfgs,
-        ("lr",),
+        name="lbfgs",
+        label="L-BFGS",
+        build=_lbfgs,
+        tuned=("lr",),
         needs=frozenset({"closure"}),
         tasks=_SMALL_N,
         tasks_reason=(
             "a strong-Wolfe line search assumes a deterministic objective and costs a variable number "
-            "of evaluations per iteration; the paper's code never ran it (reference §3.8) and found "
+            "of evaluations per iteration; the paper's code never ran it (METHODS.md §A.3.8) and found "
             "L-BFGS types diverge on MNIST"
         ),
         evaluations_per_step=VARIABLE_EVALUATIONS,
@@ -297,11 +308,20 @@ register(
         description="torch.optim.LBFGS, strong-Wolfe line search, 1 iteration per step(); not in the paper",
     )
 )
+
+
+def _l2lbgdbgd(params, task, *, weights):
+    from lodo.optim.l2l import L2LOptimizer  # imported here so `python -m lodo.optim.l2l` runs cleanly
+
+    return L2LOptimizer(params, weights=weights)
+
+
 register(
     OptimizerSpec(
-        "l2lbgdbgd",
-        _l2lbgdbgd,
-        (),
-        description="L2LBGDBGD: coordinate-wise LSTM optimizer meta-trained on noisy quadratics (§3.12)",
+        name="l2lbgdbgd",
+        label="L2LBGDBGD",
+        build=_l2lbgdbgd,
+        tuned=(),
+        description="L2LBGDBGD: coordinate-wise LSTM optimizer meta-trained on noisy quadratics (METHODS.md §A.3.12)",
     )
 )

@@ -1,4 +1,4 @@
-"""All of an optimizer's parameters as one flat vector x ∈ ℝⁿ (LODO and the quasi-Newton baselines, SPEC §1)."""
+"""All of an optimizer's parameters as one flat vector x ∈ ℝⁿ (LODO and the quasi-Newton baselines, METHODS.md §1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """K-FAC (Martens & Grosse, ICML 2015) for an ``nn.Module`` as a ``torch.optim.Optimizer``; not in the paper.
 
-SPEC §4 asks for K-FAC as an extra baseline on the CNN. Convolutions follow the KFC convention of Grosse &
+METHODS.md §4 asks for K-FAC as an extra baseline on the CNN. Convolutions follow the KFC convention of Grosse &
 Martens (ICML 2016), and grouped/depthwise convolutions get one pair of Kronecker factors per group, batched.
 """
 

@@ -1,6 +1,6 @@
 """L2LBGDBGD: Andrychowicz et al.'s coordinate-wise LSTM optimizer, meta-trained on noisy quadratics.
 
-The paper's "L2LBGDBGD" baseline (reference §3.12) is "learning to learn by gradient descent by gradient
+The paper's "L2LBGDBGD" baseline (METHODS.md §A.3.12) is "learning to learn by gradient descent by gradient
 descent": a two-layer LSTM, shared across coordinates, reads each coordinate's preprocessed gradient and
 outputs that coordinate's step. It is meta-trained offline on the noisy-quadratic distribution, then used
 frozen.
@@ -13,7 +13,7 @@ frozen.
 * :class:`L2LOptimizer` — the frozen LSTM as a ``torch.optim.Optimizer``: x ← x + 0.1·LSTM(∇f).
 
 ``python -m lodo.optim.l2l --help`` meta-trains and writes the weights and a record of how they were made; the
-shipped weights are in ``results/l2lbgdbgd/``.
+shipped weights are package data, ``lodo/optim/l2lbgdbgd/`` (with a README on how they were made).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable
+from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_WEIGHTS = Path("results/l2lbgdbgd/weights.pt")  # relative to the repository root
+# The shipped weights: package data, in an editable install and in a wheel alike (what ``weights: null`` loads).
+DEFAULT_WEIGHTS = Path(str(resources.files("lodo.optim") / "l2lbgdbgd" / "weights.pt"))
 
 
 def preprocess_gradient(grad: torch.Tensor, factor: float = 10.0) -> torch.Tensor:
@@ -80,13 +81,13 @@ class CoordinatewiseLSTM(nn.Module):
 
 
 def resolve_weights(path: str | Path | None) -> Path:
-    """The weights file: an absolute path, or one relative to the working directory or the repository root."""
-    path = Path(path if path is not None else DEFAULT_WEIGHTS).expanduser()
-    for candidate in (path, REPO_ROOT / path):
-        if candidate.is_file():
-            return candidate
+    """The weights file: ``None`` for the shipped weights (:data:`DEFAULT_WEIGHTS`), else a path, absolute or relative
+    to the working directory."""
+    path = Path(path).expanduser() if path is not None else DEFAULT_WEIGHTS
+    if path.is_file():
+        return path
     raise FileNotFoundError(
-        f"L2LBGDBGD weights {str(path)!r} not found (looked in the working directory and in {REPO_ROOT}); "
+        f"L2LBGDBGD weights {str(path)!r} not found (a relative path is read from the working directory); "
         "meta-train them with `python -m lodo.optim.l2l`"
     )
 
@@ -101,7 +102,7 @@ def load_network(path: str | Path | None = None) -> tuple[CoordinatewiseLSTM, di
 
 
 class L2LOptimizer(Optimizer):
-    r"""The frozen meta-trained LSTM optimizer of Andrychowicz et al. 2016 (L2LBGDBGD, reference §3.12).
+    r"""The frozen meta-trained LSTM optimizer of Andrychowicz et al. 2016 (L2LBGDBGD, METHODS.md §A.3.12).
 
     Every coordinate of every parameter is an independent member of the LSTM's batch, with its own hidden
     state::
@@ -117,8 +118,7 @@ class L2LOptimizer(Optimizer):
     Args:
         params: parameters or parameter groups.
         weights: the weights file written by ``python -m lodo.optim.l2l`` (``None``: the shipped
-            ``results/l2lbgdbgd/weights.pt``); a relative path is looked up in the working directory, then in
-            the repository root.
+            ``lodo/optim/l2lbgdbgd/weights.pt``); a relative path is read from the working directory.
         out_mul: the output scale (``None``: the value it was meta-trained with, 0.1).
     """
 
@@ -177,7 +177,7 @@ class L2LOptimizer(Optimizer):
                     state[key] = state[key].to(dtype)
 
 
-# --- meta-training (reference §3.12) ---------------------------------------------------------------------
+# --- meta-training (METHODS.md §A.3.12) ---------------------------------------------------------------------
 
 
 def _fit(
@@ -287,7 +287,7 @@ def meta_train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lodo.optim.l2l",
-        description="Meta-train the L2LBGDBGD LSTM optimizer on noisy quadratics (reference §3.12); save it.",
+        description="Meta-train the L2LBGDBGD LSTM optimizer on noisy quadratics (METHODS.md §A.3.12); save it.",
     )
     parser.add_argument("--epochs", type=int, default=50, help="meta-training epochs (paper: 50)")
     parser.add_argument("--train-fits", type=int, default=20, help="training fits per epoch (paper: 20)")
@@ -300,7 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="quadratic dimension (paper: 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--output", type=Path, default=DEFAULT_WEIGHTS, help="weights file (.pt); a .json beside it")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_WEIGHTS,
+        help="weights file (.pt); a .json beside it (default: the shipped file, which `weights: null` loads)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

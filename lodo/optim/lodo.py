@@ -33,7 +33,7 @@ class LODO(Optimizer):
     ``loss.backward()``; the gradient g_{t+1} it sees is the one at the point the previous step moved to::
 
         input: α₀ (lr), meta_lr, β (beta), preconditioner P(θ), meta-optimizer (Adam, ε = 1e-7, or SGD)
-        G(θ) = α₀ P(θ),  P = Eᵀ G̃ᵀ G̃ E,  G̃ = B(θ⁽¹⁾) P₁ ⋯ B(θ⁽ᴺ⁾) P_N,  P(θ₀) = I
+        G(θ) = α₀ P(θ),  P = Eᵀ G̃ᵀ G̃ E,  G̃ = B_{N−1} Π_{N−1} ⋯ B_0 Π_0,  P(θ₀) = I
         m₀ = 0
         for t = 0, 1, …  (g_{t+1} = ∇f_{t+1}(x_{t+1}) computed by the caller on a fresh minibatch)
             θ_{t+1} ← MetaStep(θ_t, −[∂(G(θ_t) m_t)/∂θ_t]ᵀ g_{t+1})   # hypergradient of f_{t+1}(x_{t+1}) w.r.t. θ_t
@@ -198,6 +198,56 @@ class LODO(Optimizer):
         """The dense n×n matrix G(θ) (for small n: tests, the theory figure, the Hessian error)."""
         eye = torch.eye(self.n, dtype=self.state_dtype, device=self.param_groups[0]["params"][0].device)
         return self._precondition(eye)  # rows of G = columns of G: G is symmetric
+
+    def preconditioner_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the learned preconditioner: θ and the fixed permutations it is defined with, by name.
+
+        This is ``state_dict()["preconditioner"]`` (so an ``optimizer.pt`` written by a run holds it under that key),
+        without the momentum, the step count or the meta-optimizer's moments. :meth:`load_preconditioner` takes it.
+        """
+        return {key: value.detach().clone() for key, value in self.preconditioner.state_dict().items()}
+
+    @torch.no_grad()
+    def load_preconditioner(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the preconditioner G(θ) by a saved one (:meth:`preconditioner_state`), e.g. θ of an earlier run.
+
+        The saved preconditioner must be of the same kind and size: the same ``preconditioner``, n, ``depth`` and
+        ``block_size`` (the same keys and shapes); otherwise a ``ValueError`` names the first difference and nothing
+        is changed. Values are copied into θ in place and cast to this optimizer's ``state_dtype`` and device. The
+        momentum, the step count and the meta-optimizer's moments are left as they are; the next ``step()`` takes
+        its hypergradient with respect to the loaded θ. To keep the loaded θ frozen, construct the optimizer with
+        ``meta_lr=0``: the meta-Adam's (or SGD's) update of θ is then exactly zero (the frozen-preconditioner test,
+        ``configs/experiment/quadratic_frozen.yaml``).
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"load_preconditioner needs a dict of tensors by name, got {type(state).__name__}")
+        if "preconditioner" in state and isinstance(state["preconditioner"], dict):
+            raise ValueError(
+                "load_preconditioner got a whole LODO state_dict: pass its 'preconditioner' entry "
+                "(or resume everything with load_state_dict)"
+            )
+        own = self.preconditioner.state_dict()
+        kind = type(self.preconditioner).__name__
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+
+            def names(keys: list[str]) -> str:
+                return ", ".join(keys[:3]) + (f", … ({len(keys)} in all)" if len(keys) > 3 else "") or "none"
+
+            raise ValueError(
+                f"the saved preconditioner does not match this LODO's {kind} (n={self.n}): missing {names(missing)}; "
+                f"unexpected {names(unexpected)}; it was saved from another preconditioner kind or depth"
+            )
+        for key, value in own.items():
+            saved = state[key]
+            if not isinstance(saved, torch.Tensor) or saved.shape != value.shape:
+                shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+                raise ValueError(
+                    f"the saved preconditioner does not match this LODO's {kind} (n={self.n}): {key!r} has shape "
+                    f"{shape}, expected {tuple(value.shape)}; it was saved for another n, depth or block_size"
+                )
+        self.preconditioner.load_state_dict(state)
+        self._last_step = None  # a kept G(θ)·m belongs to the old θ: the next step rebuilds it from the loaded one
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = None

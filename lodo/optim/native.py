@@ -125,10 +125,10 @@ def forward(pre, v: torch.Tensor, thetas: tuple, activations: torch.Tensor | Non
     """P(θ)·v for v (…, n) and the preconditioner module ``pre``, keeping the layer inputs in ``activations``."""
     v = v.detach().contiguous()
     out, rows = torch.empty_like(v), v.numel() // v.shape[-1]
-    if _is_kronecker(pre):
+    if _is_kronecker(pre):  # native.c calls the two index tables "forward" and "reverse" gathers
         library(v.dtype).kronecker_forward(
-            *_sizes(pre, rows), _address(v), _pointers(thetas), _address(pre.forward_gathers),
-            _address(pre.reverse_gathers), _address(activations), _address(out),
+            *_sizes(pre, rows), _address(v), _pointers(thetas), _address(pre.gather_pi),
+            _address(pre.gather_pi_t), _address(activations), _address(out),
         )  # fmt: skip
     else:
         library(v.dtype).residual_forward(
@@ -143,9 +143,10 @@ def backward(pre, grad, thetas: tuple, activations, grads: list, input_grad: tor
     grad = grad.contiguous()
     rows = grad.numel() // grad.shape[-1]
     if _is_kronecker(pre):
+        # native.c's forward_inverse and reverse_inverse: the inverses of the two tables, which are each other.
         library(grad.dtype).kronecker_backward(
-            *_sizes(pre, rows), _address(grad), _pointers(thetas), _address(pre.forward_inverses),
-            _address(pre.reverse_inverses), _address(activations), _pointers(grads), _address(input_grad),
+            *_sizes(pre, rows), _address(grad), _pointers(thetas), _address(pre.gather_pi_t),
+            _address(pre.gather_pi), _address(activations), _pointers(grads), _address(input_grad),
         )  # fmt: skip
     else:
         library(grad.dtype).residual_backward(

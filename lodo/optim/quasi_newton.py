@@ -1,7 +1,7 @@
-"""Quasi-Newton baselines of the paper's noisy-quadratic comparison (reference §3.6, §3.7, §3.10, §3.11).
+"""Quasi-Newton baselines of the paper's noisy-quadratic comparison (METHODS.md §A.3.6, §A.3.7, §A.3.10, §A.3.11).
 
 * :class:`LBFGSNoLineSearch` — online L-BFGS without a line search (Schraudolph, Yu & Günter 2007), scaled by
-  the newest curvature pair (SPEC §7.4).
+  the newest curvature pair (METHODS.md §7.4).
 * :class:`OLBFGS` — the same with Schraudolph et al.'s averaged scaling over the whole memory.
 * :class:`BFGS` — a dense inverse-Hessian approximation with a fixed step (small n only).
 * :class:`LevenbergMarquardt` — damped Newton steps with the task's exact Hessian (small n only).
@@ -9,7 +9,7 @@
 Like LODO, each optimizer treats all of its parameters as one flat vector x ∈ ℝⁿ (one parameter group, one
 dtype, one device) and keeps its state under the first parameter. The two L-BFGS variants need a closure that
 re-evaluates the loss on the same minibatch: they call it twice per ``step()`` (two "steps" of the paper's
-budget, reference §1.2). :func:`two_loop_recursion` (the L-BFGS direction) and :func:`bfgs_inverse_update_`
+budget, METHODS.md §A.1.2). :func:`two_loop_recursion` (the L-BFGS direction) and :func:`bfgs_inverse_update_`
 (the BFGS update) are exposed for tests.
 """
 
@@ -45,7 +45,7 @@ def two_loop_recursion(
 ) -> torch.Tensor:
     r"""The L-BFGS direction p = −H̃g from pairs (s_i, y_i), oldest first, and an initial scale γ (H̃₀ = γI).
 
-    The reference's loop (§3.6, steps 2–5), which is Nocedal's two-loop recursion::
+    The reference's loop (METHODS.md §A.3.6, steps 2–5), which is Nocedal's two-loop recursion::
 
         p ← −g
         for i = newest … oldest:  α_i ← (s_i·p)/(s_i·y_i);  p ← p − α_i y_i
@@ -85,19 +85,19 @@ def bfgs_inverse_update_(inverse_hessian: torch.Tensor, s: torch.Tensor, y: torc
 
 
 class LBFGSNoLineSearch(Optimizer):
-    r"""Online L-BFGS without a line search (Schraudolph, Yu & Günter 2007; reference §3.6).
+    r"""Online L-BFGS without a line search (Schraudolph, Yu & Günter 2007; METHODS.md §A.3.6).
 
     Each ``step(closure)`` makes two evaluations on the same minibatch::
 
         input: η₀ (eta_0), τ (tau), ε (epsilon), memory M;  t = 0, empty pair buffer
         g  ← ∇f(x_t; batch)                               # closure() #1, its loss is returned
-        γ  ← ε if t = 0 else (s_{t−1}·y_{t−1})/(y_{t−1}·y_{t−1})     # the NEWEST pair (SPEC §7.4)
+        γ  ← ε if t = 0 else (s_{t−1}·y_{t−1})/(y_{t−1}·y_{t−1})     # the NEWEST pair (METHODS.md §7.4)
         p  ← two_loop_recursion(g, last M pairs, γ)       # ≈ −H⁻¹ g
         s_t ← η₀ τ/(τ + t) · p;   x_{t+1} ← x_t + s_t
         g′ ← ∇f(x_{t+1}; same batch)                      # closure() #2
         y_t ← g′ − g;  push (s_t, y_t), dropping the oldest beyond M;  t ← t + 1
 
-    SPEC §7.4: the authors' code scaled by (s★·y_{t−1})/(y_{t−1}·y_{t−1}) where s★ was the *oldest* buffered s
+    METHODS.md §7.4: the authors' code scaled by (s★·y_{t−1})/(y_{t−1}·y_{t−1}) where s★ was the *oldest* buffered s
     (a variable left over from the first loop); this implementation uses the newest pair, as the method
     intends. As in the reference there is no curvature safeguard (s·y > 0 is not checked), so negative
     curvature can make the iterates diverge, which the training loop records as a result; only a pair with
@@ -131,7 +131,7 @@ class LBFGSNoLineSearch(Optimizer):
         _single_group(self)
 
     def _scale(self, s: list[torch.Tensor], y: list[torch.Tensor]) -> torch.Tensor:
-        return torch.dot(s[-1], y[-1]) / torch.dot(y[-1], y[-1])  # SPEC §7.4: the newest pair
+        return torch.dot(s[-1], y[-1]) / torch.dot(y[-1], y[-1])  # METHODS.md §7.4: the newest pair
 
     def _grad_difference(self, grad_new: torch.Tensor, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         return grad_new - grad
@@ -169,7 +169,7 @@ class LBFGSNoLineSearch(Optimizer):
 
 
 class OLBFGS(LBFGSNoLineSearch):
-    r"""O-LBFGS (Schraudolph, Yu & Günter 2007; reference §3.7): online L-BFGS with averaged scaling.
+    r"""O-LBFGS (Schraudolph, Yu & Günter 2007; METHODS.md §A.3.7): online L-BFGS with averaged scaling.
 
     Identical to :class:`LBFGSNoLineSearch` (two evaluations per ``step()`` on the same minibatch, gain
     η₀ τ/(τ + t), first step ε·(−g)) except for the initial inverse-Hessian scale and the curvature pair::
@@ -208,7 +208,7 @@ class OLBFGS(LBFGSNoLineSearch):
 
 
 class BFGS(Optimizer):
-    r"""BFGS with a dense inverse-Hessian approximation Ĥ and a fixed step, no line search (reference §3.11).
+    r"""BFGS with a dense inverse-Hessian approximation Ĥ and a fixed step, no line search (METHODS.md §A.3.11).
 
     One gradient per ``step()``, as in the reference (its extra evaluation at x₀ is this class's first call)::
 
@@ -221,7 +221,7 @@ class BFGS(Optimizer):
     The curvature pair mixes two minibatches (the reference draws a new batch for g′), and there is no
     curvature check (a pair with s·y = 0 exactly, where the update is undefined, is skipped). Deviation: Ĥ is
     kept in the parameters' dtype (float64 on the paper's small tasks), where the reference kept it in float32
-    (reference §11.8). Memory and time are O(n²) per step: for small n only.
+    (METHODS.md §A.11.8). Memory and time are O(n²) per step: for small n only.
 
     Args:
         params: the parameters (one group; flattened together into x).
@@ -262,14 +262,14 @@ class BFGS(Optimizer):
 
 
 class LevenbergMarquardt(Optimizer):
-    r"""Levenberg–Marquardt on the gradient's residual with the exact Hessian (reference §3.10).
+    r"""Levenberg–Marquardt on the gradient's residual with the exact Hessian (METHODS.md §A.3.10).
 
-    One evaluation per ``step()``; the Hessian comes from ``hessian()``, at the current parameters on the same
-    minibatch (the training loop sets ``task.current_batch``; the registry passes
-    ``lambda: task.hessian(task.current_batch)``)::
+    One evaluation per ``step(closure, hessian=H)``. The caller passes the exact n×n Hessian H of the loss at the
+    current parameters on the minibatch the closure evaluates (:attr:`step_inputs` says so; the suite's training
+    loop computes it with :meth:`lodo.tasks.Task.hessian` for the iteration's batch)::
 
-        input: λ (lam), hessian()
-        g ← ∇f(x_t; batch);   H ← hessian()
+        input: λ (lam);  per step: the closure and H = ∇²f(x_t; batch)
+        g ← ∇f(x_t; batch)                               # closure(), or the gradient already in .grad
         x_{t+1} ← x_t − (H H + λ diag(H H))⁻¹ H g        # Fletcher's damping, constant λ
 
     λ → 0 gives Newton's step x − H⁻¹g; large λ a small, diagonally scaled gradient step. A singular system
@@ -277,26 +277,34 @@ class LevenbergMarquardt(Optimizer):
 
     Args:
         params: the parameters (one group; flattened together into x, in the order of the Hessian's rows).
-        hessian: a callable returning the n×n Hessian of the loss at the current parameters.
         lam: λ ≥ 0, the constant damping.
+
+    Example::
+
+        optimizer = LevenbergMarquardt([x], lam=1e-3)
+        optimizer.step(closure, hessian=torch.autograd.functional.hessian(f, x.detach()))
     """
 
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict],
-        hessian: Callable[[], torch.Tensor],
-        lam: float = 1.0,
-    ):
-        if not callable(hessian):
-            raise ValueError("LevenbergMarquardt needs hessian: a callable returning the exact n×n Hessian")
+    # Keyword arguments of step() beyond the closure that the caller supplies, named as in a task's ``provides``
+    # (lodo.tasks.Task): the training loop passes them, and the registry declares them as what the optimizer needs.
+    step_inputs: frozenset[str] = frozenset({"hessian"})
+
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lam: float = 1.0):
         if not lam >= 0:
             raise ValueError(f"Invalid lam (λ): {lam}; it must be non-negative")
         super().__init__(params, dict(lam=lam))
         _single_group(self)
-        self.hessian = hessian
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], torch.Tensor] | None = None, hessian: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """One damped Newton step; ``hessian`` is the exact n×n Hessian at the current parameters (required)."""
+        if not isinstance(hessian, torch.Tensor):
+            raise ValueError(
+                "LevenbergMarquardt.step needs hessian=: the exact n×n Hessian of the loss at the current "
+                f"parameters on the closure's minibatch, as a tensor (got {type(hessian).__name__})"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -304,11 +312,10 @@ class LevenbergMarquardt(Optimizer):
         group = self.param_groups[0]
         params = group["params"]
         grad = flat_grad(params)
-        with torch.enable_grad():
-            hessian = self.hessian().detach().to(grad)
+        hessian = hessian.detach().to(grad)
         n = grad.numel()
         if hessian.shape != (n, n):
-            raise ValueError(f"hessian() returned shape {tuple(hessian.shape)}, expected ({n}, {n})")
+            raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({n}, {n})")
         gram = hessian @ hessian
         system = gram + group["lam"] * torch.diag(torch.diagonal(gram))
         add_flat(params, -torch.linalg.solve(system, hessian @ grad))

@@ -1,11 +1,13 @@
 """Tasks: plain classes with a small interface (:class:`lodo.tasks.base.Task`); no Hydra inside."""
 
 from lodo.tasks.base import Task
-from lodo.tasks.mnist import MnistAutoregression
+from lodo.tasks.mnist import MnistAutoregression, MnistAutoregressionSmall
 from lodo.tasks.quadratic import NoisyQuadratic
 from lodo.tasks.rosenbrock import Rosenbrock
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (NoisyQuadratic, Rosenbrock, MnistAutoregression)}
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (NoisyQuadratic, Rosenbrock, MnistAutoregression, MnistAutoregressionSmall)
+}
 
 
 def task_class(name: str) -> type[Task]:
@@ -15,4 +17,12 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "MnistAutoregression", "NoisyQuadratic", "Rosenbrock", "Task", "task_class"]
+__all__ = [
+    "TASKS",
+    "MnistAutoregression",
+    "MnistAutoregressionSmall",
+    "NoisyQuadratic",
+    "Rosenbrock",
+    "Task",
+    "task_class",
+]

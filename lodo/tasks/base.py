@@ -3,7 +3,7 @@
 A task owns its parameters (a list of leaf tensors, or an ``nn.Module``), draws minibatches, and evaluates a
 differentiable loss on a given minibatch at the current parameters. The loop never looks inside a batch: it asks
 for a fresh one with :meth:`Task.sample_batch` and hands the same object back to :meth:`Task.loss` whenever an
-optimizer's closure re-evaluates "on the same batch" (reference §1.3). Tracked metrics are evaluated by
+optimizer's closure re-evaluates "on the same batch" (METHODS.md §A.1.3). Tracked metrics are evaluated by
 :meth:`Task.metrics`, which the loop keeps off the training clock.
 """
 
@@ -20,15 +20,16 @@ class Task:
 
     Subclasses set ``name`` and ``provides`` and implement :meth:`parameters`, :meth:`sample_batch` and
     :meth:`loss`. ``provides`` lists what the task can give an optimizer beyond a gradient: ``"closure"``
-    (re-evaluation on the same batch), ``"hessian"`` (the exact Hessian, :meth:`hessian`) and ``"model"``
-    (an ``nn.Module`` whose layers can be hooked, :attr:`model`).
+    (re-evaluation on the same batch), ``"hessian"`` (the exact Hessian, :meth:`hessian`, which the training loop
+    passes to ``optimizer.step(closure, hessian=...)`` for the iteration's batch when the optimizer's class names it
+    in ``step_inputs``) and ``"model"`` (an ``nn.Module`` whose layers can be hooked, :attr:`model`). What an
+    optimizer needs of these is declared in the registry (:class:`lodo.optim.registry.OptimizerSpec`).
     """
 
     name: ClassVar[str]
     provides: ClassVar[frozenset[str]] = frozenset({"closure"})
     default_dtype: ClassVar[torch.dtype] = torch.float64
     model: nn.Module | None = None
-    current_batch: Any = None  # the batch of the iteration in progress, set by the training loop
 
     def parameters(self) -> list[torch.Tensor]:
         """The trainable leaf tensors, in a fixed order (the order of the paper's flat vector)."""

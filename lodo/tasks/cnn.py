@@ -1,4 +1,4 @@
-"""The paper's 94,696-parameter CNN for MNIST autoregression (SPEC §3, reference §5.3)."""
+"""The paper's 94,696-parameter CNN for MNIST autoregression (METHODS.md §3, §A.5.3)."""
 
 from __future__ import annotations
 
@@ -63,19 +63,27 @@ class AutoregressionCNN(nn.Module):
     ``count_include_pad=False`` does), then a dense layer 20→256. Parameters, in :meth:`parameters` order (the
     paper's flattening order): stem W, b; per block W1, b1, Wd, bd, W2, b2; dense W, b (PyTorch layouts). Every
     weight and bias is drawn N(0, 1/(fan_in + 1)) by :meth:`reset_parameters` from the given generator.
+    ``channels`` and ``blocks_per_stage`` (paper: 20 and 4) make the reduced CNN of the ``mnist_small`` task, which is
+    not the paper's network.
     """
 
-    def __init__(self, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        generator: torch.Generator | None = None,
+        channels: int = CHANNELS,
+        blocks_per_stage: int = BLOCKS_PER_STAGE,
+    ):
         super().__init__()
-        self.stem = nn.Conv2d(5, CHANNELS, 1)
-        self.blocks = nn.ModuleList(ResidualBlock() for _ in range(STAGES * BLOCKS_PER_STAGE))
+        self.blocks_per_stage = blocks_per_stage
+        self.stem = nn.Conv2d(5, channels, 1)
+        self.blocks = nn.ModuleList(ResidualBlock(channels) for _ in range(STAGES * blocks_per_stage))
         self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)
-        self.dense = nn.Linear(CHANNELS, 256)
+        self.dense = nn.Linear(channels, 256)
         self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Draw every weight and bias from N(0, std 1/√(fan_in + 1)) (reference §5.3), in parameter order.
+        """Draw every weight and bias from N(0, std 1/√(fan_in + 1)) (METHODS.md §A.5.3), in parameter order.
 
         Draws are made in float64 on the CPU and then copied, so a seed gives the same network on every
         dtype and device.
@@ -91,6 +99,6 @@ class AutoregressionCNN(nn.Module):
         x = self.stem(inputs)
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i % BLOCKS_PER_STAGE == BLOCKS_PER_STAGE - 1:
+            if i % self.blocks_per_stage == self.blocks_per_stage - 1:
                 x = self.pool(x)
         return self.dense(x.flatten(1))

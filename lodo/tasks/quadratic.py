@@ -1,4 +1,4 @@
-"""The noisy quadratic bowl of SPEC §3: a fixed ill-conditioned Hessian whose minimum random-walks."""
+"""The noisy quadratic bowl of METHODS.md §3: a fixed ill-conditioned Hessian whose minimum random-walks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class NoisyQuadratic(Task):
     """f_t(x) = ½ (x − c_t)ᵀ H (x − c_t), with c_t ← c_{t−1} + ε_t, ε_t ~ N(0, σ² I) before every fresh batch.
 
     H = Q diag(λ) Qᵀ with λ log-spaced on [``min_eigenvalue``, ``max_eigenvalue``] and Q a seeded random orthogonal
-    matrix (reference §5.1: the Q factor of a Gaussian matrix). x₀ = 0. A "same batch" re-evaluation passes back the
+    matrix (METHODS.md §A.5.1: the Q factor of a Gaussian matrix). x₀ = 0. A "same batch" re-evaluation passes back the
     same centre, so curvature pairs are exact (y = H s). The best expected loss any method can reach, by Newton's
     step onto the previous centre, is :attr:`newton_floor` = ½ σ² tr H (7.411847 at the paper's settings).
     """
@@ -40,7 +40,7 @@ class NoisyQuadratic(Task):
             raise ValueError(f"noise_scale must be non-negative, got {noise_scale}")
         dtype = dtype or self.default_dtype
         self.n, self.noise_scale = n, noise_scale
-        # Every draw comes from one CPU generator so a seed means the same bowl on every device (SPEC §7.5).
+        # Every draw comes from one CPU generator so a seed means the same bowl on every device (METHODS.md §7.5).
         self.generator = torch.Generator().manual_seed(seed)
         self.eigenvalues = torch.logspace(
             math.log10(min_eigenvalue), math.log10(max_eigenvalue), n, dtype=torch.float64
@@ -112,7 +112,7 @@ class NoisyQuadratic(Task):
         return ["hessian_error"] if hasattr(optimizer, "apply_preconditioner") else []
 
     def metrics(self, optimizer=None) -> dict[str, float]:
-        """‖I − G H‖_F / √n for optimizers with a preconditioner G (LODO's Hessian error, SPEC §1).
+        """‖I − G H‖_F / √n for optimizers with a preconditioner G (LODO's Hessian error, METHODS.md §1).
 
         Computed exactly from the n columns of H rather than estimated from 100 random unit vectors as in the
         authors' code: at n = 100 it costs the same and carries no sampling noise.

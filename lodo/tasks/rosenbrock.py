@@ -1,4 +1,4 @@
-"""The paper's rescaled two-dimensional Rosenbrock function (SPEC §3)."""
+"""The paper's rescaled two-dimensional Rosenbrock function (METHODS.md §3)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from lodo.tasks.base import Task
 class Rosenbrock(Task):
     """f(x, y) = 0.01·(1 − x)² + (y − x²)², the standard Rosenbrock divided by 100; deterministic.
 
-    Starts at (−0.5, 2) where f = 3.085 (SPEC §3 prints 3.085625, which this formula does not give); the minimum is
+    Starts at (−0.5, 2) where f = 3.085 (0.0225 + 3.0625; METHODS.md §3.2); the minimum is
     f(1, 1) = 0. The position after each step is tracked as the metrics ``x`` and ``y`` for the trajectory figure.
     """
 

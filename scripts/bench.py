@@ -1,11 +1,14 @@
 """Benchmark: what one LODO step costs next to Adam's, on CPU or GPU (issue 6).
 
-    python -m lodo.bench                           # every case on the CPU → results/bench/bench_cpu.csv
-    python -m lodo.bench --quick                   # tiny sizes: a smoke test that takes seconds
-    python -m lodo.bench --cases cnn mlp_1m --repeats 20 --threads 2
-    python -m lodo.bench --device cuda             # the same on a GPU (synchronized clocks, CUDA peak memory)
-    python -m lodo.bench --cases cnn --profile     # plus torch.profiler's top ops of a CNN step and a LODO step
-    python -m lodo.bench --baseline-ref ece0789    # adds "lodo@ece0789": LODO as committed at that git revision
+    python scripts/bench.py                           # every case on the CPU → results/bench/bench_cpu.csv
+    python scripts/bench.py --quick                   # tiny sizes: a smoke test that takes seconds
+    python scripts/bench.py --cases cnn mlp_1m --repeats 20 --threads 2
+    python scripts/bench.py --device cuda             # the same on a GPU (synchronized clocks, CUDA peak memory)
+    python scripts/bench.py --cases cnn --profile     # plus torch.profiler's top ops of a CNN step and a LODO step
+    python scripts/bench.py --baseline-ref ece0789    # adds "lodo@ece0789": LODO as committed at that git revision
+
+A development tool of the repository (``make bench``), not part of the installed library: it imports lodo as
+installed and writes into this checkout's results/bench/.
 
 Cases: the noisy quadratic at n = 100 (:class:`~lodo.tasks.NoisyQuadratic`, float64) and at n = 10⁵ (a diagonal
 Hessian with the same spectrum: NoisyQuadratic stores a dense n×n H, 80 GB at n = 10⁵), the paper's MNIST CNN at
@@ -56,6 +59,8 @@ from lodo.optim.lodo import NATIVE_MAX_N
 from lodo.optim.registry import OPTIMIZERS, build_optimizer
 from lodo.tasks import NoisyQuadratic
 from lodo.tasks.base import Task
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository checkout this script lies in
 
 COLUMNS = [
     "case", "n", "dtype", "device", "optimizer", "evaluations", "step_ms", "optimizer_ms",
@@ -207,12 +212,11 @@ BASELINE_LODO: list = []
 
 
 def load_baseline(ref: str) -> None:
-    """Import LODO as committed at git revision ``ref`` (for before/after numbers in one process)."""
-    root = Path(__file__).resolve().parent.parent
+    """Import LODO as committed at git revision ``ref`` of this checkout (before/after numbers in one process)."""
     folder = Path(tempfile.mkdtemp(prefix="lodo_baseline_"))
     for name in ("preconditioners", "lodo"):
         text = subprocess.run(
-            ["git", "show", f"{ref}:lodo/optim/{name}.py"], cwd=root, check=True, capture_output=True, text=True
+            ["git", "show", f"{ref}:lodo/optim/{name}.py"], cwd=ROOT, check=True, capture_output=True, text=True
         ).stdout
         text = text.replace("from lodo.optim.preconditioners import", "from lodo_baseline_preconditioners import")
         (folder / f"lodo_baseline_{name}.py").write_text(text)
@@ -486,7 +490,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m lodo.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python scripts/bench.py", description=__doc__.split("\n")[0])
     cases = ["quadratic_100", "quadratic_1e5", "cnn", "cnn_nchw", "mlp_1m", "mlp_10m"]
     parser.add_argument("--cases", nargs="+", choices=cases, help="which cases (default: all; --quick: two)")
     parser.add_argument("--optimizers", nargs="+", help="restrict to these optimizers (Adam always runs)")
@@ -494,7 +498,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, help="CSV path (default: results/bench/bench_<device>.csv)")
+    parser.add_argument("--output", type=Path, help="CSV path (default: <checkout>/results/bench/bench_<device>.csv)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats, two cases: a smoke test")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops (first case)")
     parser.add_argument("--profile-rows", type=int, default=15)
@@ -508,9 +512,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.quick:
         args.warmup = min(args.warmup, 1)
     names = args.cases or (["quadratic_100", "mlp_1m"] if args.quick else cases)
-    output = (
-        args.output or Path("results/bench") / f"bench_{args.device.split(':')[0]}{'_quick' if args.quick else ''}.csv"
-    )
+    suffix = "_quick" if args.quick else ""
+    output = args.output or ROOT / "results" / "bench" / f"bench_{args.device.split(':')[0]}{suffix}.csv"
     if args.baseline_ref:
         load_baseline(args.baseline_ref)
 

@@ -1,7 +1,8 @@
-"""SGD with hypergradient descent on the learning rate (Baydin et al., ICLR 2018) as a torch optimizer.
+"""SGD-HD: SGD with hypergradient descent on the learning rate (Baydin et al., ICLR 2018), a baseline.
 
-Not in the paper: a modern relative of LODO-Global (SPEC §2), which also learns one global step size online
-from a one-step hypergradient, but with plain SGD on α instead of Adam on a scalar preconditioner.
+Not in the paper, and not part of LODO (LODO's own hypergradient step is in :mod:`lodo.optim.lodo`): a modern
+relative of LODO-Global (METHODS.md §2), which also learns one global step size online from a one-step
+hypergradient, but with plain SGD on α instead of Adam on a scalar preconditioner.
 """
 
 from __future__ import annotations
