@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import claims, figures
-from experiments.aggregate import comparison_table
+from experiments.aggregate import comparison_table, window_means
 
 ORDER = [
     "momentum",
@@ -318,13 +318,8 @@ def report_frozen(section: Section, runs, curves, done) -> dict:
             )
     rows = []
     for name, (group_runs, group_curves) in variants.items():
-        windows = [
-            float(c["loss"].mean()) if len(c) else math.nan
-            for _, c in group_curves[(group_curves["step"] > 0.9 * steps) & (group_curves["step"] <= steps)].groupby(
-                "run_dir"
-            )
-        ]
-        windows = [w for w in windows if math.isfinite(w)]  # a diverged run is counted in `diverged`, not averaged
+        means = window_means(group_curves, "step", steps) if len(group_curves) else []
+        windows = [w for w in means if math.isfinite(w)]  # a diverged run is counted in `diverged`, not averaged
         checkpoints = (
             group_runs["checkpoint_sha256"].dropna().str[:12].unique() if "checkpoint_sha256" in group_runs else []
         )
